@@ -1,0 +1,171 @@
+"""The ``allegro-deploy`` command line.
+
+Importing this module must stay cheap: torch, e3nn and the model code are imported
+inside the command functions, so ``allegro-deploy --help`` never loads them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from allegro_deploy import __version__
+
+
+class _SpaceSeparatedFloats(click.Command):
+    """Lets ``--temperatures 300 600`` stand for ``--temperatures 300 --temperatures 600``.
+
+    Click options take a fixed number of values; this expands the space-separated form
+    before parsing. Only tokens that read as numbers are taken as values.
+    """
+
+    greedy_options = ("--temperatures",)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        expanded: list[str] = []
+        option: str | None = None  # the greedy option whose values are being read
+        taken = False  # whether that option already has a value
+        for arg in args:
+            if option is not None and _is_number(arg):
+                expanded += [option, arg] if taken else [arg]
+                taken = True
+                continue
+            option = arg if arg in self.greedy_options else None
+            taken = False
+            expanded.append(arg)
+        return super().parse_args(ctx, expanded)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_alloy(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> dict[str, float] | None:
+    """``"Cu:0.5,Au:0.5"`` -> ``{"Cu": 0.5, "Au": 0.5}``."""
+    if value is None:
+        return None
+    try:
+        pairs = (item.split(":") for item in value.split(","))
+        return {symbol.strip(): float(fraction) for symbol, fraction in pairs}
+    except ValueError as error:
+        raise click.BadParameter("expected ELEMENT:FRACTION,... e.g. Cu:0.5,Au:0.5") from error
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="allegro-deploy")
+def main() -> None:
+    """Train, export and run the Allegro machine-learned interatomic potential."""
+
+
+@main.group()
+def data() -> None:
+    """Make and inspect training data."""
+
+
+@data.command("generate", cls=_SpaceSeparatedFloats)
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--element", default="Cu", show_default=True, help="fcc metal EMT supports.")
+@click.option(
+    "--supercell",
+    nargs=3,
+    type=click.IntRange(min=1),
+    default=(3, 3, 3),
+    show_default=True,
+    help="Repetitions of the 4-atom cubic fcc cell.",
+)
+@click.option(
+    "--temperatures",
+    multiple=True,
+    type=click.FloatRange(min=0, min_open=True),
+    default=(300.0, 600.0, 900.0),
+    show_default=True,
+    help="MD temperatures in K, e.g. --temperatures 300 600.",
+)
+@click.option(
+    "--frames", type=click.IntRange(min=1), default=60, show_default=True, help="Frames in total."
+)
+@click.option(
+    "--interval",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="MD steps of 5 fs between frames.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--alloy",
+    callback=_parse_alloy,
+    help="Random alloy instead of --element, e.g. Cu:0.5,Au:0.5.",
+)
+def data_generate(
+    out: Path,
+    element: str,
+    supercell: tuple[int, int, int],
+    temperatures: tuple[float, ...],
+    frames: int,
+    interval: int,
+    seed: int,
+    alloy: dict[str, float] | None,
+) -> None:
+    """Write EMT-labelled MD frames (energy, forces, stress) of an fcc metal to OUT (extxyz)."""
+    from allegro_deploy.models.datagen import generate_emt_dataset
+
+    try:
+        written = generate_emt_dataset(
+            out,
+            element=element,
+            supercell=supercell,
+            temperatures=temperatures,
+            n_frames=frames,
+            interval=interval,
+            seed=seed,
+            alloy=alloy,
+        )
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
+    click.echo(f"wrote {written} frames to {out}")
+
+
+@main.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--resume",
+    type=click.Path(exists=True, path_type=Path),
+    help="Checkpoint to continue training from.",
+)
+def train(config: Path, resume: Path | None) -> None:
+    """Train a model as described by the YAML file CONFIG."""
+    from allegro_deploy.models.train import train_from_config
+
+    train_from_config(config, resume=resume)
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+def info(path: Path) -> None:
+    """Describe the checkpoint at PATH."""
+    from allegro_deploy.models.checkpoint import describe
+
+    click.echo(describe(path))
+
+
+@main.command()
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/quickstart"),
+    show_default=True,
+    help="Folder for the data, checkpoints and exported models.",
+)
+def quickstart(workdir: Path) -> None:
+    """Run the whole pipeline on a small built-in example."""
+    from allegro_deploy.quickstart import run
+
+    run(workdir)

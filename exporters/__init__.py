@@ -1,0 +1,1 @@
+"""Export trained Allegro models to ONNX and TensorRT."""

@@ -1,0 +1,274 @@
+"""Labelled structures for training: reading, precomputed graphs, batches and splits.
+
+Neighbor lists are the expensive part of building a graph, so every structure's graph is
+built once when the dataset is created; a batch only concatenates precomputed graphs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import ase
+import ase.io
+import numpy as np
+import torch
+from ase.data import atomic_numbers as ATOMIC_NUMBERS
+from ase.stress import voigt_6_to_full_3x3_stress
+
+from .graph import AtomicGraph
+
+
+class DataError(ValueError):
+    """A data file or structure that cannot be used for training; the message says where."""
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Reference labels of one structure.
+
+    energy: eV, total energy.
+    forces: (n_atoms, 3) eV/Å.
+    stress: (3, 3) eV/Å³ (ASE sign: tensile positive), or None when unlabelled.
+    """
+
+    energy: float
+    forces: np.ndarray
+    stress: np.ndarray | None
+
+
+def structure_labels(atoms: ase.Atoms, where: str) -> Labels:
+    """The energy, forces and (optional) stress attached to ``atoms`` by its calculator.
+
+    ``where`` names the structure in error messages, e.g. ``"data.extxyz, frame 7"``.
+    Raises ``DataError`` when the energy or the forces are missing or malformed.
+    """
+    results = atoms.calc.results if atoms.calc is not None else {}
+    missing = [key for key in ("energy", "forces") if key not in results]
+    if missing:
+        raise DataError(
+            f"{where} ({atoms.get_chemical_formula()}) has no {' and no '.join(missing)} "
+            f"label; training needs a total energy (eV) and forces (eV/Å) for every "
+            f"structure (extxyz: energy=... in the comment line, forces in Properties)"
+        )
+    forces = np.asarray(results["forces"], dtype=np.float64)
+    if forces.shape != (len(atoms), 3):
+        raise DataError(f"{where}: forces have shape {forces.shape}, expected ({len(atoms)}, 3)")
+    stress = results.get("stress")
+    if stress is not None:
+        stress = np.asarray(stress, dtype=np.float64)
+        if stress.shape == (6,):
+            stress = voigt_6_to_full_3x3_stress(stress)
+        if stress.shape != (3, 3):
+            raise DataError(f"{where}: stress has shape {stress.shape}, expected (6,) or (3, 3)")
+    return Labels(float(results["energy"]), forces, stress)
+
+
+def read_structures(path: str | Path, index: str = ":") -> list[ase.Atoms]:
+    """All frames of an ASE-readable file (extxyz, ASE trajectory, ...) with labels.
+
+    index: ASE frame selection, e.g. ``":"`` (all), ``"0:100"``, ``"::10"``.
+    Every frame must carry a total energy and forces; stress is optional. Raises
+    ``FileNotFoundError`` for a missing file and ``DataError`` naming the file and the
+    frame for unreadable files and unlabelled frames.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path.resolve()} does not exist")
+    try:
+        structures = ase.io.read(path, index=index)
+    except Exception as error:  # ASE raises many types for malformed input
+        raise DataError(f"cannot read {path}: {type(error).__name__}: {error}") from error
+    if not structures:
+        raise DataError(f"{path} contains no structures (index {index!r})")
+    selection = "" if index == ":" else f" of the selection index={index!r}"
+    for frame, atoms in enumerate(structures):
+        structure_labels(atoms, f"{path}, frame {frame}{selection}")
+    return structures
+
+
+@dataclass
+class LabelledStructure:
+    """One structure's precomputed graph and labels.
+
+    graph: single-structure AtomicGraph.
+    energy: () float64 eV.
+    forces: (n_atoms, 3) float64 eV/Å.
+    stress: (3, 3) float64 eV/Å³, NaN when unlabelled.
+    """
+
+    graph: AtomicGraph
+    energy: torch.Tensor
+    forces: torch.Tensor
+    stress: torch.Tensor
+
+
+@dataclass
+class LabelledBatch:
+    """Several structures as one graph with their labels.
+
+    graph: AtomicGraph of B structures and N atoms.
+    energy: (B,) float64 eV.
+    forces: (N, 3) float64 eV/Å.
+    stress: (B, 3, 3) float64 eV/Å³, NaN where unlabelled.
+    n_atoms: (B,) int64 atoms per structure.
+    """
+
+    graph: AtomicGraph
+    energy: torch.Tensor
+    forces: torch.Tensor
+    stress: torch.Tensor
+    n_atoms: torch.Tensor
+
+    def to(self, device: torch.device | str) -> LabelledBatch:
+        return LabelledBatch(
+            self.graph.to(device),
+            self.energy.to(device),
+            self.forces.to(device),
+            self.stress.to(device),
+            self.n_atoms.to(device),
+        )
+
+
+def collate(items: Sequence[LabelledStructure]) -> LabelledBatch:
+    """Concatenate precomputed structures into one batch (atoms and edges renumbered)."""
+    graphs = [item.graph for item in items]
+    n_atoms = torch.tensor([graph.n_atoms for graph in graphs], dtype=torch.int64)
+    offsets = torch.cumsum(n_atoms, 0) - n_atoms
+    graph = AtomicGraph(
+        positions=torch.cat([g.positions for g in graphs]),
+        species=torch.cat([g.species for g in graphs]),
+        edge_index=torch.cat(
+            [g.edge_index + o for g, o in zip(graphs, offsets, strict=True)], dim=1
+        ),
+        edge_shifts=torch.cat([g.edge_shifts for g in graphs]),
+        structure_index=torch.repeat_interleave(torch.arange(len(graphs)), n_atoms),
+        cell=torch.cat([g.cell for g in graphs]),
+        pbc=torch.cat([g.pbc for g in graphs]),
+    )
+    return LabelledBatch(
+        graph=graph,
+        energy=torch.stack([item.energy for item in items]),
+        forces=torch.cat([item.forces for item in items]),
+        stress=torch.stack([item.stress for item in items]),
+        n_atoms=n_atoms,
+    )
+
+
+@dataclass(frozen=True)
+class LabelledDataset:
+    """Labelled structures with graphs for a model of ``species`` and cutoff ``r_max`` (Å).
+
+    ``source`` names where the structures came from in messages.
+    """
+
+    structures: tuple[LabelledStructure, ...]
+    species: tuple[str, ...]
+    r_max: float
+    source: str
+
+    @classmethod
+    def from_atoms(
+        cls,
+        structures: Sequence[ase.Atoms],
+        species: Sequence[str],
+        r_max: float,
+        source: str,
+    ) -> LabelledDataset:
+        """Build every structure's graph once.
+
+        Raises ``DataError`` for missing labels and the runtime's ``StructureError`` /
+        ``UnknownSpeciesError`` (prefixed with ``source``) for structures the model cannot
+        take, e.g. an element that is not in ``species``.
+        """
+        labels = [
+            structure_labels(atoms, f"{source}, frame {frame}")
+            for frame, atoms in enumerate(structures)
+        ]
+        try:
+            graph = AtomicGraph.from_atoms(structures, [ATOMIC_NUMBERS[s] for s in species], r_max)
+        except ValueError as error:
+            raise type(error)(f"{source}: {error}") from error
+        n_atoms = [len(atoms) for atoms in structures]
+        n_edges = torch.bincount(
+            graph.structure_index[graph.edge_index[0]], minlength=len(structures)
+        ).tolist()
+        atom_offsets = np.cumsum([0, *n_atoms[:-1]]).tolist()
+        pieces = zip(
+            graph.positions.split(n_atoms),
+            graph.species.split(n_atoms),
+            graph.edge_index.split(n_edges, dim=1),
+            graph.edge_shifts.split(n_edges),
+            atom_offsets,
+            strict=True,
+        )
+        items = []
+        for b, (positions, species_index, edge_index, edge_shifts, offset) in enumerate(pieces):
+            stress = labels[b].stress
+            items.append(
+                LabelledStructure(
+                    graph=AtomicGraph(
+                        positions=positions,
+                        species=species_index,
+                        edge_index=edge_index - offset,
+                        edge_shifts=edge_shifts,
+                        structure_index=torch.zeros(n_atoms[b], dtype=torch.int64),
+                        cell=graph.cell[b : b + 1],
+                        pbc=graph.pbc[b : b + 1],
+                    ),
+                    energy=torch.tensor(labels[b].energy, dtype=torch.float64),
+                    forces=torch.as_tensor(labels[b].forces, dtype=torch.float64),
+                    stress=torch.full((3, 3), torch.nan, dtype=torch.float64)
+                    if stress is None
+                    else torch.as_tensor(stress, dtype=torch.float64),
+                )
+            )
+        return cls(tuple(items), tuple(species), float(r_max), source)
+
+    def __len__(self) -> int:
+        return len(self.structures)
+
+    @property
+    def has_stress(self) -> bool:
+        """Whether any structure carries a stress label."""
+        return any(not item.stress.isnan().all() for item in self.structures)
+
+    def subset(self, indices: Sequence[int], source: str) -> LabelledDataset:
+        """The structures at ``indices``, in that order."""
+        return LabelledDataset(
+            tuple(self.structures[i] for i in indices), self.species, self.r_max, source
+        )
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> Iterator[LabelledBatch]:
+        """Batches of up to ``batch_size`` structures; shuffled with ``generator`` if given."""
+        order = (
+            list(range(len(self)))
+            if generator is None
+            else torch.randperm(len(self), generator=generator).tolist()
+        )
+        for start in range(0, len(order), batch_size):
+            yield collate([self.structures[i] for i in order[start : start + batch_size]])
+
+    def n_batches(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
+
+def split_indices(n_structures: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded random (train, validation) split of ``range(n_structures)``.
+
+    The validation part has ``round(val_fraction * n_structures)`` structures, at least one,
+    and at least one structure stays for training. Both parts are sorted.
+    """
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    n_val = max(1, round(val_fraction * n_structures))
+    if n_val >= n_structures:
+        raise DataError(
+            f"cannot split {n_structures} structure(s) into training and validation sets "
+            f"with val_fraction={val_fraction}"
+        )
+    permutation = np.random.default_rng(seed).permutation(n_structures)
+    return sorted(permutation[n_val:].tolist()), sorted(permutation[:n_val].tolist())

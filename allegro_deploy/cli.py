@@ -13,36 +13,12 @@ import click
 from allegro_deploy import __version__
 
 
-class _SpaceSeparatedFloats(click.Command):
-    """Lets ``--temperatures 300 600`` stand for ``--temperatures 300 --temperatures 600``.
-
-    Click options take a fixed number of values; this expands the space-separated form
-    before parsing. Only tokens that read as numbers are taken as values.
-    """
-
-    greedy_options = ("--temperatures",)
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        expanded: list[str] = []
-        option: str | None = None  # the greedy option whose values are being read
-        taken = False  # whether that option already has a value
-        for arg in args:
-            if option is not None and _is_number(arg):
-                expanded += [option, arg] if taken else [arg]
-                taken = True
-                continue
-            option = arg if arg in self.greedy_options else None
-            taken = False
-            expanded.append(arg)
-        return super().parse_args(ctx, expanded)
-
-
-def _is_number(text: str) -> bool:
+def _parse_floats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
+    """``"300,600"`` -> ``(300.0, 600.0)``."""
     try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+        return tuple(float(item) for item in value.split(","))
+    except ValueError as error:
+        raise click.BadParameter("expected comma-separated numbers, e.g. 300,600") from error
 
 
 def _parse_alloy(
@@ -58,7 +34,19 @@ def _parse_alloy(
         raise click.BadParameter("expected ELEMENT:FRACTION,... e.g. Cu:0.5,Au:0.5") from error
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Reports bad input (``ValueError``, which every error type of the package for bad
+    data, configurations, checkpoints or structures derives from, and missing files) as a
+    one-line message and exit status 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (ValueError, FileNotFoundError) as error:
+            raise click.ClickException(str(error)) from error
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="allegro-deploy")
 def main() -> None:
     """Train, export and run the Allegro machine-learned interatomic potential."""
@@ -69,7 +57,7 @@ def data() -> None:
     """Make and inspect training data."""
 
 
-@data.command("generate", cls=_SpaceSeparatedFloats)
+@data.command("generate")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--element", default="Cu", show_default=True, help="fcc metal EMT supports.")
 @click.option(
@@ -82,11 +70,10 @@ def data() -> None:
 )
 @click.option(
     "--temperatures",
-    multiple=True,
-    type=click.FloatRange(min=0, min_open=True),
-    default=(300.0, 600.0, 900.0),
+    callback=_parse_floats,
+    default="300,600,900",
     show_default=True,
-    help="MD temperatures in K, e.g. --temperatures 300 600.",
+    help="MD temperatures in K, comma-separated.",
 )
 @click.option(
     "--frames", type=click.IntRange(min=1), default=60, show_default=True, help="Frames in total."
@@ -117,19 +104,16 @@ def data_generate(
     """Write EMT-labelled MD frames (energy, forces, stress) of an fcc metal to OUT (extxyz)."""
     from allegro_deploy.models.datagen import generate_emt_dataset
 
-    try:
-        written = generate_emt_dataset(
-            out,
-            element=element,
-            supercell=supercell,
-            temperatures=temperatures,
-            n_frames=frames,
-            interval=interval,
-            seed=seed,
-            alloy=alloy,
-        )
-    except ValueError as error:
-        raise click.UsageError(str(error)) from error
+    written = generate_emt_dataset(
+        out,
+        element=element,
+        supercell=supercell,
+        temperatures=temperatures,
+        n_frames=frames,
+        interval=interval,
+        seed=seed,
+        alloy=alloy,
+    )
     click.echo(f"wrote {written} frames to {out}")
 
 
@@ -154,6 +138,25 @@ def info(path: Path) -> None:
     from allegro_deploy.models.checkpoint import describe
 
     click.echo(describe(path))
+
+
+@main.command("import")
+@click.argument("official_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Checkpoint to write.",
+)
+def import_(official_file: Path, output: Path) -> None:
+    """Import an official nequip-allegro .ckpt or .nequip.zip as a checkpoint, exactly."""
+    from allegro_deploy.models.official import save
+
+    provenance = save(official_file, output)
+    source = provenance["imported_from"]
+    versions = ", ".join(f"{k} {v}" for k, v in source["versions"].items())
+    click.echo(f"imported {source['format']} ({versions}; {source['weights']} weights) to {output}")
 
 
 @main.command()

@@ -48,7 +48,7 @@ def test_expected_commands_exist() -> None:
 def test_data_generate_writes_labelled_frames(tmp_path: Path) -> None:
     out = tmp_path / "cu.extxyz"
     args = ["data", "generate", str(out), "--supercell", "1", "1", "2"]
-    args += ["--temperatures", "300", "900", "--frames", "3", "--interval", "2", "--seed", "1"]
+    args += ["--temperatures", "300,900", "--frames", "3", "--interval", "2", "--seed", "1"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "wrote 3 frames" in result.output
@@ -90,7 +90,7 @@ def test_data_generate_rejects_unsupported_element(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main, ["data", "generate", str(tmp_path / "x.extxyz"), "--element", "Fe"]
     )
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "EMT has no fcc parameters for Fe" in result.output
     assert "Al, Cu, Ag, Au, Ni, Pd, Pt" in result.output
 
@@ -98,3 +98,12 @@ def test_data_generate_rejects_unsupported_element(tmp_path: Path) -> None:
 def test_import_does_not_load_torch() -> None:
     code = "import sys, allegro_deploy.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bad_input_is_reported_in_one_line_without_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text("data: {train_file: x.extxyz}\nmodel: {r_max: 4.0, lmax: 1}\n")
+    result = CliRunner().invoke(main, ["train", str(config)])
+    assert result.exit_code == 1
+    assert "unknown option(s) ['lmax'] in section" in result.output
+    assert "Traceback" not in result.output

@@ -1,0 +1,121 @@
+"""The channel-wise tensor product and its backward as ``torch.library`` custom ops.
+
+``torch.onnx`` and ``make_fx`` see an opaque ``allegro::tensor_product`` node instead of
+the einsum/bmm decomposition of :func:`~allegro_deploy.models.tensor_product.tensor_product`,
+and the input gradient of that node is a second opaque op,
+``allegro::tensor_product_backward``, so that both survive into the ONNX file as nodes of
+the ``allegro`` domain (see :mod:`allegro_deploy.exporters.onnx_functions`).
+
+Shapes (E edges, U channels, P paths, I/J/K irreps dimensions of the inputs/output)::
+
+    tensor_product(x1 (E,U,I), x2 (E,U,J), path_weights (U,P), cg (P,I,J,K)) -> (E,U,K)
+    tensor_product_backward(grad (E,U,K), x1, x2, path_weights, cg) -> (E,U,I), (E,U,J)
+
+Only the gradients with respect to ``x1`` and ``x2`` (the edge features) are provided:
+exported graphs differentiate the energy with respect to geometry, never the weights.
+
+:func:`custom_tensor_products` routes the tensor products of a model through these ops
+for the duration of a ``with`` block, without changing the model code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from allegro_deploy.models.tensor_product import ChannelwiseTensorProduct, tensor_product
+
+
+@torch.library.custom_op("allegro::tensor_product", mutates_args=())
+def tensor_product_op(
+    x1: torch.Tensor, x2: torch.Tensor, path_weights: torch.Tensor, cg: torch.Tensor
+) -> torch.Tensor:
+    """``out[e,u,k] = Σ_p w[u,p] Σ_ij cg[p,i,j,k] x1[e,u,i] x2[e,u,j]``, (E,U,K)."""
+    return tensor_product(x1, x2, path_weights, cg).contiguous()
+
+
+@tensor_product_op.register_fake
+def _(
+    x1: torch.Tensor, x2: torch.Tensor, path_weights: torch.Tensor, cg: torch.Tensor
+) -> torch.Tensor:
+    return x1.new_empty((x1.shape[0], x1.shape[1], cg.shape[3]))
+
+
+def _coupled(path_weights: torch.Tensor, cg: torch.Tensor) -> torch.Tensor:
+    """(U, I, J, K) per-channel coupling tensor ``Σ_p w[u,p] cg[p,i,j,k]``."""
+    return torch.einsum("up,pijk->uijk", path_weights, cg)
+
+
+@torch.library.custom_op("allegro::tensor_product_backward", mutates_args=())
+def tensor_product_backward_op(
+    grad: torch.Tensor,
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    path_weights: torch.Tensor,
+    cg: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input gradients of :func:`tensor_product_op` for the output gradient ``grad`` (E,U,K).
+
+    Returns ``(dL/dx1 (E,U,I), dL/dx2 (E,U,J))``.
+    """
+    coupled = _coupled(path_weights, cg)
+    grad_x1 = torch.einsum("uijk,euj,euk->eui", coupled, x2, grad)
+    grad_x2 = torch.einsum("uijk,eui,euk->euj", coupled, x1, grad)
+    return grad_x1, grad_x2
+
+
+@tensor_product_backward_op.register_fake
+def _(
+    grad: torch.Tensor,
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    path_weights: torch.Tensor,
+    cg: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(x1), torch.empty_like(x2)
+
+
+def _setup_context(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+        raise NotImplementedError(
+            "allegro::tensor_product is an export op: it differentiates with respect to its "
+            "inputs x1 and x2 only, not the path weights or CG coefficients"
+        )
+    x1, x2, path_weights, cg = ctx.saved_tensors
+    grad_x1, grad_x2 = tensor_product_backward_op(grad, x1, x2, path_weights, cg)
+    return grad_x1, grad_x2, None, None
+
+
+tensor_product_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _custom_forward(module: ChannelwiseTensorProduct) -> Any:
+    def forward(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        return tensor_product_op(x1, x2, module.path_weights(), module.cg)
+
+    return forward
+
+
+@contextlib.contextmanager
+def custom_tensor_products(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block, every :class:`ChannelwiseTensorProduct` of ``model`` calls
+    ``allegro::tensor_product`` (same inputs, weights and CG buffer as its own forward).
+
+    Only the instances in ``model`` are affected (an instance attribute shadows the class
+    method); they are restored on exit.
+    """
+    modules = [m for m in model.modules() if isinstance(m, ChannelwiseTensorProduct)]
+    for module in modules:
+        module.forward = _custom_forward(module)
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.forward

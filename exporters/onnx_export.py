@@ -1,0 +1,701 @@
+"""Export an Allegro model's energy, forces and virial to one ONNX file.
+
+Recipe (design notes §3): the per-atom energy and its gradient with respect to the edge
+vectors are traced into one flat graph by ``make_fx`` (weights passed as inputs through
+``torch.func.functional_call``; duck shaping off; ``silu_backward`` decomposed stably),
+with the tensor products routed through the custom ops of
+:mod:`allegro_deploy.exporters.custom_ops`. That graph, holding the weights as buffers, goes
+through ``torch.export`` with dynamic atom and edge counts and ``torch.onnx`` with the
+translations of :mod:`allegro_deploy.exporters.onnx_functions`; the ``allegro`` function
+bodies and the metadata are attached; ONNX Runtime checks the file against the torch
+model on fresh structures before it is put in place.
+
+Targets (N atoms, E directed edges, S structures; all sizes dynamic):
+
+``structures`` (ASE, i-PI, batched evaluation). Inputs:
+    positions        (N, 3)  float64  Å
+    species          (N,)    int64    index into the model's species
+    edge_index       (2, E)  int64    rows (center i, neighbor j)
+    edge_shifts      (E, 3)  float64  Å, r_ij = positions[j] - positions[i] + edge_shifts
+    structure_index  (N,)    int64    structure of each atom, in [0, S)
+    n_structures     ()      int64    S
+  Outputs:
+    energy           (S,)       float64  eV
+    atomic_energies  (N,)       float64  eV
+    forces           (N, 3)     float64  eV/Å, -dE/dr
+    virial           (S, 3, 3)  float64  eV, -dE/dε for a symmetric strain ε
+    atomic_virials   (N, 3, 3)  float64  eV, each edge's -sym(r_ij ⊗ dE/dr_ij) split half
+                                         to its center, half to its neighbor (as LAMMPS)
+
+``pairs`` (LAMMPS ``pair_style mliap unified``). Inputs:
+    edge_vectors     (E, 3)  float64  Å, r_ij = x_j - x_i
+    species          (N,)    int64    species index of every local and ghost atom
+    edge_index       (2, E)  int64    rows (center i, local; neighbor j, local or ghost)
+    n_local          ()      int64    number of local atoms (the first n_local)
+  Outputs:
+    atomic_energies  (n_local,)  float64  eV
+    pair_forces      (E, 3)      float64  eV/Å, ∂E/∂r_ij of E = Σ local atomic energies
+
+Geometry inputs are float64 in both dtypes, as in the official code: positions, shifts
+and edge vectors are subtracted and normalized (lengths, r/r_max, the radial basis and
+the spherical harmonics) in float64, so that a float32 model does not lose the
+difference of two large coordinates; the float32 body begins after the radial
+basis/spherical harmonics. Per-species scale/shift, every sum over atoms and all outputs
+are float64.
+
+The tensor products appear as ``allegro.TensorProduct`` / ``allegro.TensorProductBackward``
+nodes with model-local function bodies; sums over atoms (``index_add`` and the backward
+of indexing) as ``ScatterElements(reduction="add")``, or with ``scatter="nd"`` as
+``ScatterND(reduction="add")``, which ONNX Runtime's CPU kernels run much faster (see
+:mod:`allegro_deploy.exporters.onnx_functions`).
+
+Metadata (``metadata_props``; structured values are JSON): ``format``
+(``allegro-deploy-onnx``), ``format_version``, ``species``, ``atomic_numbers``,
+``r_max`` (Å), ``pair_cutoffs`` (Å, [center][neighbor]), ``dtype``, ``target``,
+``inputs`` and ``outputs`` (name, dtype, shape, unit, description), ``model_config``,
+``exporter`` (``allegro-deploy``), ``exporter_version``, ``torch_version``,
+``checkpoint_sha256`` (of the source file; empty when exported from memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import ase
+import numpy as np
+import onnx
+import onnxruntime as ort
+import onnxscript.optimizer
+import torch
+from torch._decomp import core_aten_decompositions
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from allegro_deploy import __version__
+from allegro_deploy.models.allegro import AllegroModel, pair_forces_to_atoms, pair_virial
+from allegro_deploy.models.graph import AtomicGraph
+
+from .custom_ops import custom_tensor_products
+from .onnx_functions import DOMAIN, DOMAIN_VERSION, OPSET_VERSION, SCATTERS, function_protos
+from .onnx_functions import translation_table as _translation_table
+
+FORMAT = "allegro-deploy-onnx"
+FORMAT_VERSION = 1
+TARGETS = ("structures", "pairs")
+DTYPES = ("float32", "float64")
+TOLERANCES = {"float64": 1e-10, "float32": 1e-5}
+"""Largest relative error (max |onnx - torch| / max |torch| per output) verification accepts."""
+MAX_WEIGHT_BYTES = 2**31 - 2**26
+"""Weights above this do not fit one protobuf file (2 GiB, less room for the graph)."""
+
+_log = logging.getLogger(__name__)
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported, or the exported file failed verification."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output as documented in the file's metadata."""
+
+    name: str
+    dtype: str
+    shape: tuple[str | int, ...]
+    unit: str
+    description: str
+
+
+SPECS: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
+    "structures": (
+        (
+            TensorSpec("positions", "float64", ("atoms", 3), "Å", "Cartesian positions"),
+            TensorSpec("species", "int64", ("atoms",), "", "species index (metadata species)"),
+            TensorSpec("edge_index", "int64", (2, "edges"), "", "rows (center, neighbor)"),
+            TensorSpec(
+                "edge_shifts",
+                "float64",
+                ("edges", 3),
+                "Å",
+                "r_ij = positions[neighbor] - positions[center] + edge_shifts",
+            ),
+            TensorSpec("structure_index", "int64", ("atoms",), "", "structure of each atom"),
+            TensorSpec("n_structures", "int64", (), "", "number of structures"),
+        ),
+        (
+            TensorSpec("energy", "float64", ("structures",), "eV", "total energy"),
+            TensorSpec("atomic_energies", "float64", ("atoms",), "eV", "per-atom energy"),
+            TensorSpec("forces", "float64", ("atoms", 3), "eV/Å", "-dE/dr"),
+            TensorSpec(
+                "virial",
+                "float64",
+                ("structures", 3, 3),
+                "eV",
+                "-dE/dε (symmetric strain); stress = -virial / volume",
+            ),
+            TensorSpec(
+                "atomic_virials",
+                "float64",
+                ("atoms", 3, 3),
+                "eV",
+                "per-atom virial, each edge split half to center, half to neighbor",
+            ),
+        ),
+    ),
+    "pairs": (
+        (
+            TensorSpec("edge_vectors", "float64", ("edges", 3), "Å", "r_ij = x_j - x_i"),
+            TensorSpec("species", "int64", ("atoms",), "", "species of local + ghost atoms"),
+            TensorSpec("edge_index", "int64", (2, "edges"), "", "rows (center, neighbor)"),
+            TensorSpec("n_local", "int64", (), "", "local atoms, the first n_local"),
+        ),
+        (
+            TensorSpec("atomic_energies", "float64", ("local_atoms",), "eV", "local atoms"),
+            TensorSpec("pair_forces", "float64", ("edges", 3), "eV/Å", "∂E/∂r_ij"),
+        ),
+    ),
+}
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_model` did.
+
+    errors: per verification sample, the relative error of every output.
+    seconds: wall time of each phase (``export``: trace, export, convert and check;
+        ``verify``: ONNX Runtime against torch).
+    """
+
+    path: Path
+    target: str
+    dtype: str
+    tolerance: float
+    size_bytes: int
+    op_counts: dict[str, int]
+    errors: dict[str, dict[str, float]]
+    seconds: dict[str, float]
+
+    @property
+    def max_error(self) -> float:
+        return max((e for sample in self.errors.values() for e in sample.values()), default=0.0)
+
+    def summary(self) -> str:
+        """Human-readable verification table and totals."""
+        lines = [f"verification against torch (tolerance {self.tolerance:.0e} relative):"]
+        for sample, errors in self.errors.items():
+            cells = "  ".join(f"{name} {error:.1e}" for name, error in errors.items())
+            lines.append(f"  {sample}: {cells}")
+        timing = ", ".join(f"{phase} {s:.1f} s" for phase, s in self.seconds.items())
+        lines.append(
+            f"wrote {self.path} ({self.size_bytes / 1e6:.2f} MB, "
+            f"{sum(self.op_counts.values())} nodes; {timing})"
+        )
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- functions
+
+
+def structures_outputs(
+    atomic_energies: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    positions: torch.Tensor,
+    species: torch.Tensor,
+    edge_index: torch.Tensor,
+    edge_shifts: torch.Tensor,
+    structure_index: torch.Tensor,
+    n_structures: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """Outputs of the ``structures`` target (see the module docstring), in order.
+
+    ``atomic_energies(edge_vectors, species, edge_index) -> (N,)`` is the model's.
+    """
+    n_frames = n_structures.item()
+    torch._check(n_frames >= 0)
+    n_atoms = positions.shape[0]
+    center, neighbor = edge_index[0], edge_index[1]
+    edge_vectors = (positions[neighbor] - positions[center] + edge_shifts).detach()
+    with torch.enable_grad():
+        edge_vectors.requires_grad_(True)
+        atomic = atomic_energies(edge_vectors, species, edge_index)
+        (pair_gradient,) = torch.autograd.grad(
+            atomic.sum(), edge_vectors, allow_unused=True, materialize_grads=True
+        )
+    edge_vectors, atomic = edge_vectors.detach(), atomic.detach()
+    energy = torch.zeros(n_frames, dtype=atomic.dtype, device=atomic.device)
+    energy = energy.index_add(0, structure_index, atomic)
+    forces = pair_forces_to_atoms(pair_gradient, edge_index, n_atoms)
+    virial = pair_virial(pair_gradient, edge_vectors, structure_index[center], n_frames)
+    atomic_virials = 0.5 * (
+        pair_virial(pair_gradient, edge_vectors, center, n_atoms)
+        + pair_virial(pair_gradient, edge_vectors, neighbor, n_atoms)
+    )
+    return energy, atomic, forces, virial, atomic_virials
+
+
+def pairs_outputs(
+    atomic_energies: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    edge_vectors: torch.Tensor,
+    species: torch.Tensor,
+    edge_index: torch.Tensor,
+    n_local: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs of the ``pairs`` target: local atomic energies (n_local,), ∂E/∂r_ij (E, 3)."""
+    n = n_local.item()
+    torch._check(n >= 0)
+    torch._check(n <= species.shape[0])
+    edge_vectors = edge_vectors.detach()
+    with torch.enable_grad():
+        edge_vectors.requires_grad_(True)
+        atomic = atomic_energies(edge_vectors, species, edge_index)[:n]
+        (pair_gradient,) = torch.autograd.grad(
+            atomic.sum(), edge_vectors, allow_unused=True, materialize_grads=True
+        )
+    return atomic.detach(), pair_gradient
+
+
+_OUTPUT_FUNCTIONS = {"structures": structures_outputs, "pairs": pairs_outputs}
+
+
+class _AtomicEnergies(torch.nn.Module):
+    """``model.atomic_energies`` as a module forward, for ``functional_call``."""
+
+    def __init__(self, model: AllegroModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, edge_vectors: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor
+    ) -> torch.Tensor:
+        return self.model.atomic_energies(edge_vectors, species, edge_index)
+
+
+class _TracedGraph(torch.nn.Module):
+    """The ``make_fx`` graph with the model's weights as buffers, for ``torch.export``."""
+
+    def __init__(self, graph: torch.fx.GraphModule, state: Sequence[torch.Tensor]) -> None:
+        super().__init__()
+        self.graph_module = graph
+        self.n_state = len(state)
+        for i, tensor in enumerate(state):
+            self.register_buffer(f"state_{i}", tensor.detach().clone())
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        state = [getattr(self, f"state_{i}") for i in range(self.n_state)]
+        return self.graph_module(*inputs, *state)
+
+
+def _stable_silu_backward(grad_output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``silu_backward`` through ``sigmoid`` (no ``1 / (1 + exp(-x))`` overflow), as nequip."""
+    sigmoid = torch.sigmoid(x)
+    return grad_output * sigmoid * (1 + x * (1 - sigmoid))
+
+
+@contextlib.contextmanager
+def _no_duck_shaping() -> Iterator[None]:
+    """Give equal sizes separate symbols, so no dynamic size is tied to a weight shape."""
+    config = torch.fx.experimental._config
+    previous = config.use_duck_shape
+    config.use_duck_shape = False
+    try:
+        yield
+    finally:
+        config.use_duck_shape = previous
+
+
+def trace(model: AllegroModel, target: str, inputs: Sequence[torch.Tensor]) -> torch.nn.Module:
+    """Energy and its input gradients of ``target`` as one flat graph module.
+
+    inputs: example inputs of the target (see the module docstring); sizes should be >= 2.
+    Returns a module taking the target's inputs, with the weights as buffers.
+    """
+    wrapper = _AtomicEnergies(model)
+    names = [name for name, _ in wrapper.named_parameters()]
+    names += [name for name, _ in wrapper.named_buffers()]
+    state = [t.detach() for t in wrapper.parameters()] + list(wrapper.buffers())
+    outputs = _OUTPUT_FUNCTIONS[target]
+    n_inputs = len(inputs)
+
+    def function(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        weights = dict(zip(names, args[n_inputs:], strict=True))
+
+        def atomic_energies(*edges: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(wrapper, weights, edges)
+
+        return outputs(atomic_energies, *args[:n_inputs])
+
+    decompositions = dict(core_aten_decompositions())
+    decompositions[torch.ops.aten.silu_backward.default] = _stable_silu_backward
+    with custom_tensor_products(model), _no_duck_shaping():
+        graph = make_fx(
+            function,
+            decomposition_table=decompositions,
+            tracing_mode="symbolic",
+            _allow_non_fake_inputs=True,
+        )(*inputs, *state)
+    return _TracedGraph(graph, state)
+
+
+# --------------------------------------------------------------------------- samples
+
+
+def _lattice(
+    rng: np.random.Generator,
+    n_species: int,
+    shape: tuple[int, int, int],
+    spacing: float,
+    periodic: bool,
+) -> ase.Atoms:
+    """Rattled simple-cubic block of random species (numbers are species indices + 1).
+
+    The rattle (σ = 5% of the spacing) keeps atoms well apart.
+    """
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), -1).reshape(-1, 3)
+    positions = (grid + rng.normal(0.0, 0.05, grid.shape)) * spacing
+    numbers = rng.integers(1, n_species + 1, len(positions))
+    cell = np.diag(np.array(shape) * spacing) if periodic else None
+    return ase.Atoms(numbers, positions=positions, cell=cell, pbc=periodic)
+
+
+def sample_structures(
+    n_species: int, r_max: float, seed: int, kinds: Sequence[str]
+) -> list[ase.Atoms]:
+    """Random structures for tracing and verification (numbers are species indices + 1).
+
+    kinds: ``small_cell`` (8 atoms, periodic; for r_max >= 3.3 Å a cell edge of 0.9 r_max,
+    so atoms see their own images), ``cell`` (18 atoms, periodic), ``molecule`` (7 atoms),
+    ``cluster`` (5 atoms), ``isolated`` (2 atoms, no edges), ``single`` (1 atom). Atoms are
+    at least ~0.75 Å apart.
+    """
+    rng = np.random.default_rng(seed)
+    spacing = max(0.45 * r_max, 1.5)
+    make = {
+        "small_cell": lambda: _lattice(rng, n_species, (2, 2, 2), spacing, True),
+        "cell": lambda: _lattice(rng, n_species, (3, 3, 2), spacing, True),
+        "molecule": lambda: _lattice(rng, n_species, (1, 7, 1), max(0.3 * r_max, 1.5), False),
+        "cluster": lambda: _lattice(rng, n_species, (1, 5, 1), spacing, False),
+        "isolated": lambda: _lattice(rng, n_species, (2, 1, 1), 3.0 * r_max, False),
+        "single": lambda: _lattice(rng, n_species, (1, 1, 1), spacing, False),
+    }
+    return [make[kind]() for kind in kinds]
+
+
+def graph_of(model: AllegroModel, structures: Sequence[ase.Atoms]) -> AtomicGraph:
+    """Graph of structures whose atomic numbers are species indices + 1."""
+    numbers = range(1, len(model.config.species) + 1)
+    return AtomicGraph.from_atoms(structures, numbers, model.config.r_max)
+
+
+def structures_inputs(graph: AtomicGraph) -> tuple[torch.Tensor, ...]:
+    """Inputs of the ``structures`` target for ``graph``."""
+    return (
+        graph.positions,
+        graph.species,
+        graph.edge_index,
+        graph.edge_shifts,
+        graph.structure_index,
+        torch.tensor(graph.n_structures),
+    )
+
+
+def pairs_inputs(graph: AtomicGraph) -> tuple[torch.Tensor, ...]:
+    """Inputs of the ``pairs`` target for ``graph`` with periodic images as ghost atoms.
+
+    Every edge that crosses the cell gets its own ghost copy of the neighbor (appended
+    after the local atoms), as LAMMPS would provide.
+    """
+    n_local = graph.n_atoms
+    center, neighbor = graph.edge_index.clone()
+    crossing = graph.edge_shifts.abs().sum(1) > 0
+    ghosts = neighbor[crossing]
+    neighbor[crossing] = n_local + torch.arange(len(ghosts))
+    return (
+        graph.edge_vectors(),
+        torch.cat([graph.species, graph.species[ghosts]]),
+        torch.stack([center, neighbor]),
+        torch.tensor(n_local),
+    )
+
+
+_INPUT_FUNCTIONS = {"structures": structures_inputs, "pairs": pairs_inputs}
+
+_TRACE_SAMPLE = ("cell", "cluster")
+VERIFY_SAMPLES: dict[str, tuple[str, ...]] = {
+    "small periodic cell": ("small_cell",),
+    "molecule": ("molecule",),
+    "isolated atoms": ("isolated",),
+    "single atom": ("single",),
+    "mixed batch": ("small_cell", "single", "molecule", "isolated", "cell", "small_cell"),
+}
+"""Verification structures, of other atom and edge counts than the traced ones."""
+
+
+# --------------------------------------------------------------------------- export
+
+
+def model_in_dtype(model: AllegroModel, dtype: str) -> AllegroModel:
+    """``model`` itself, or a copy built in ``dtype`` with its weights cast (never ``.to``)."""
+    if dtype == model.config.model_dtype:
+        return model
+    copy = AllegroModel(dataclasses.replace(model.config, model_dtype=dtype))
+    copy.load_state_dict(model.state_dict())
+    return copy.eval()
+
+
+def _weight_bytes(model: torch.nn.Module) -> int:
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@contextlib.contextmanager
+def _quiet_torch_onnx() -> Iterator[None]:
+    """Silence the optional-dependency and deprecation chatter of torch.onnx and onnx_ir."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def to_onnx(model: AllegroModel, target: str, scatter: str = "elements") -> onnx.ModelProto:
+    """Trace, export and convert ``model`` (in its own dtype) for ``target``, no metadata.
+
+    scatter: how sums over atoms are written, see :func:`onnx_functions.translation_table`.
+
+    Returns the model with the ``allegro`` function bodies attached.
+    """
+    inputs_spec, outputs_spec = SPECS[target]
+    c = model.config
+    trace_graph = graph_of(model, sample_structures(len(c.species), c.r_max, 0, _TRACE_SAMPLE))
+    example = _INPUT_FUNCTIONS[target](trace_graph)
+    traced = trace(model, target, example)
+    sizes = {"atoms": torch.export.Dim("atoms"), "edges": torch.export.Dim("edges")}
+    dynamic = tuple(
+        {axis: sizes[size] for axis, size in enumerate(s.shape) if isinstance(size, str)} or None
+        for s in inputs_spec
+    )
+    with _quiet_torch_onnx():
+        exported = torch.export.export(traced, example, dynamic_shapes=(dynamic,), strict=False)
+        program = torch.onnx.export(
+            exported,
+            dynamo=True,
+            opset_version=OPSET_VERSION,
+            optimize=False,
+            verbose=False,
+            custom_translation_table=_translation_table(scatter),
+            input_names=[s.name for s in inputs_spec],
+            output_names=[s.name for s in outputs_spec],
+        )
+        # constant folding, CSE and onnxscript's rewrites, keeping the allegro nodes
+        onnxscript.optimizer.optimize_ir(program.model, inline=False)
+    proto = program.model_proto
+    proto.functions.extend(function_protos())
+    if not any(o.domain == DOMAIN for o in proto.opset_import):
+        proto.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    return proto
+
+
+def metadata(model: AllegroModel, target: str, checkpoint_sha256: str) -> dict[str, str]:
+    """``metadata_props`` of an exported file (see the module docstring)."""
+    c = model.config
+    inputs_spec, outputs_spec = SPECS[target]
+    return {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "species": json.dumps(list(c.species)),
+        "atomic_numbers": json.dumps(list(c.atomic_numbers)),
+        "r_max": repr(float(c.r_max)),
+        "pair_cutoffs": json.dumps(c.pair_cutoffs()),
+        "dtype": c.model_dtype,
+        "target": target,
+        "inputs": json.dumps([dataclasses.asdict(s) for s in inputs_spec], ensure_ascii=False),
+        "outputs": json.dumps([dataclasses.asdict(s) for s in outputs_spec], ensure_ascii=False),
+        "model_config": json.dumps(c.to_dict()),
+        "exporter": "allegro-deploy",
+        "exporter_version": __version__,
+        "torch_version": torch.__version__,
+        "checkpoint_sha256": checkpoint_sha256,
+    }
+
+
+def ort_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
+    """ONNX Runtime CPU session with all graph optimizations on (``threads`` 0: default)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """``max |actual - expected| / max |expected|`` (denominator at least 1e-8)."""
+    if expected.size == 0:
+        return 0.0 if actual.size == 0 else math.inf
+    if actual.shape != expected.shape:
+        return math.inf
+    scale = max(float(np.abs(expected).max()), 1e-8)
+    return float(np.abs(actual - expected).max()) / scale
+
+
+def reference_outputs(
+    model: AllegroModel, target: str, inputs: Sequence[torch.Tensor]
+) -> list[np.ndarray]:
+    """The target's outputs computed by the torch model in eager mode."""
+    outputs = _OUTPUT_FUNCTIONS[target](model.atomic_energies, *inputs)
+    return [t.detach().cpu().numpy() for t in outputs]
+
+
+def verify(
+    session: ort.InferenceSession, model: AllegroModel, target: str, seed: int = 1
+) -> dict[str, dict[str, float]]:
+    """Relative error of every output of ``session`` against ``model`` on each of
+    :data:`VERIFY_SAMPLES` (fresh random structures, seed ``seed``)."""
+    inputs_spec, outputs_spec = SPECS[target]
+    c = model.config
+    errors = {}
+    for name, kinds in VERIFY_SAMPLES.items():
+        graph = graph_of(model, sample_structures(len(c.species), c.r_max, seed, kinds))
+        inputs = _INPUT_FUNCTIONS[target](graph)
+        feeds = {s.name: t.numpy() for s, t in zip(inputs_spec, inputs, strict=True)}
+        actual = session.run([s.name for s in outputs_spec], feeds)
+        expected = reference_outputs(model, target, inputs)
+        label = f"{name} ({graph.n_atoms} atoms, {graph.n_edges} edges)"
+        errors[label] = {
+            s.name: relative_error(a, e)
+            for s, a, e in zip(outputs_spec, actual, expected, strict=True)
+        }
+    return errors
+
+
+def op_counts(proto: onnx.ModelProto) -> dict[str, int]:
+    """Graph nodes by op type (``domain.op`` outside the default domain), most frequent first."""
+    counts = Counter(f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in proto.graph.node)
+    return dict(counts.most_common())
+
+
+def export_model(
+    model: AllegroModel,
+    path: str | Path,
+    *,
+    target: str = "structures",
+    dtype: str | None = None,
+    checkpoint_sha256: str = "",
+    tolerance: float | None = None,
+    scatter: str = "elements",
+    log: Callable[[str], None] = _log.info,
+) -> ExportReport:
+    """Export ``model`` to ``path`` for ``target`` and verify it with ONNX Runtime.
+
+    dtype: float32 or float64 (default: the model's own); a model of another dtype is
+        rebuilt in that dtype with its weights cast.
+    tolerance: largest accepted relative error (default :data:`TOLERANCES` of the dtype).
+    scatter: ``elements`` (``ScatterElements``) or ``nd`` (``ScatterND``, faster in ONNX
+        Runtime on CPU) for the sums over atoms; see :func:`onnx_functions.translation_table`.
+    The file is written to a temporary name next to ``path``, checked, verified and only
+    then renamed to ``path``. Raises :class:`ExportError` when the model is too large,
+    or when verification fails (the temporary file is deleted; an existing ``path`` is
+    left as it was).
+    """
+    path = Path(path)
+    if target not in TARGETS:
+        raise ExportError(f"unknown target {target!r}; choose one of {TARGETS}")
+    dtype = dtype or model.config.model_dtype
+    if dtype not in DTYPES:
+        raise ExportError(f"unknown dtype {dtype!r}; choose one of {DTYPES}")
+    if scatter not in SCATTERS:
+        raise ExportError(f"unknown scatter {scatter!r}; choose one of {SCATTERS}")
+    tolerance = TOLERANCES[dtype] if tolerance is None else tolerance
+    model = model_in_dtype(model, dtype).eval()
+    weight_bytes = _weight_bytes(model)
+    if weight_bytes > MAX_WEIGHT_BYTES:
+        raise ExportError(
+            f"the weights take {weight_bytes / 2**30:.2f} GiB; one ONNX file holds at most "
+            f"{MAX_WEIGHT_BYTES / 2**30:.2f} GiB of weights (2 GiB protobuf limit) and "
+            "external-data export is not supported"
+        )
+
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    log(f"tracing {target} energy + gradients ({dtype}) and converting to ONNX ...")
+    proto = to_onnx(model, target, scatter)
+    onnx.helper.set_model_props(proto, metadata(model, target, checkpoint_sha256))
+    proto.producer_name, proto.producer_version = "allegro-deploy", __version__
+    onnx.checker.check_model(proto, full_check=True)
+    seconds["export"] = time.perf_counter() - start
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        onnx.save_model(proto, temporary)
+        start = time.perf_counter()
+        log("verifying with ONNX Runtime on fresh structures ...")
+        errors = verify(ort_session(temporary), model, target)
+        seconds["verify"] = time.perf_counter() - start
+        report = ExportReport(
+            path=path,
+            target=target,
+            dtype=dtype,
+            tolerance=tolerance,
+            size_bytes=temporary.stat().st_size,
+            op_counts=op_counts(proto),
+            errors=errors,
+            seconds=seconds,
+        )
+        if not report.max_error <= tolerance:
+            raise ExportError(
+                f"{report.summary()}\nverification failed: ONNX Runtime differs from torch "
+                f"by {report.max_error:.2e} relative (tolerance {tolerance:.0e}); "
+                f"no file was written to {path}"
+            )
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return report
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    path: str | Path,
+    *,
+    target: str = "structures",
+    dtype: str | None = None,
+    tolerance: float | None = None,
+    log: Callable[[str], None] = _log.info,
+) -> ExportReport:
+    """Load an allegro-deploy checkpoint and :func:`export_model` it, recording its SHA-256."""
+    from allegro_deploy.models.checkpoint import load_checkpoint
+
+    model = load_checkpoint(checkpoint).model
+    return export_model(
+        model,
+        path,
+        target=target,
+        dtype=dtype,
+        checkpoint_sha256=file_sha256(checkpoint),
+        tolerance=tolerance,
+        log=log,
+    )

@@ -1,5 +1,34 @@
-"""Torch-free inference side: neighbor lists and structure checks for MD hosts.
+"""Torch-free inference side: exported models for MD hosts, neighbor lists, structure checks.
 
-Depends only on numpy, vesin and onnxruntime; never imports torch, e3nn,
+Depends only on numpy, vesin, onnxruntime and ase; never imports torch, e3nn,
 ``allegro_deploy.models`` or ``allegro_deploy.exporters``.
+
+    from allegro_deploy.runtime import AllegroCalculator, Potential, Structure, Result
+
+The names below are imported on first use, so importing a submodule such as
+``allegro_deploy.runtime.neighbors`` does not load ONNX Runtime.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .calculator import AllegroCalculator
+    from .potential import Potential, Result, Structure
+
+__all__ = ["AllegroCalculator", "Potential", "Result", "Structure"]
+
+_MODULES = {
+    "AllegroCalculator": ".calculator",
+    "Potential": ".potential",
+    "Result": ".potential",
+    "Structure": ".potential",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_MODULES[name], __name__), name)

@@ -1,0 +1,236 @@
+"""Metadata of exported model files, read without loading the graph (no onnx, no torch).
+
+An exported file (see :mod:`allegro_deploy.exporters.onnx_export`) carries its model
+description in the ONNX ``metadata_props``: ``format`` (``allegro-deploy-onnx``),
+``format_version``, ``species``, ``atomic_numbers``, ``r_max``, ``pair_cutoffs``,
+``dtype``, ``target``, ``inputs`` and ``outputs`` (JSON lists of tensor specs), and
+provenance keys. :func:`read_metadata` reads them straight from the protobuf bytes, in
+milliseconds even for large files, and checks that this runtime can run the file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, BinaryIO
+
+FORMAT = "allegro-deploy-onnx"
+SUPPORTED_FORMAT_VERSIONS = (1,)
+TARGETS = ("structures", "pairs")
+DTYPES = ("float32", "float64")
+
+# ONNX ModelProto field numbers (onnx.proto): metadata_props is a repeated
+# StringStringEntryProto {key = 1, value = 2}.
+_METADATA_PROPS = 14
+_KEY, _VALUE = 1, 2
+_VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
+
+
+class MetadataError(ValueError):
+    """A model file this runtime cannot run; the message says why."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output as documented in a file's metadata.
+
+    shape: sizes, ints for fixed axes and names (``atoms``, ``edges``, ...) for dynamic ones.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[str | int, ...]
+    unit: str
+    description: str
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a model file says about itself.
+
+    species: chemical symbols in the order of the model's species indices.
+    atomic_numbers: (n_species,) atomic numbers in the same order.
+    r_max: Å, the largest cutoff.
+    pair_cutoffs: Å, ``pair_cutoffs[center][neighbor]`` per species pair (<= r_max).
+    dtype: float32 or float64, the precision of the network body.
+    target: ``structures`` (ASE, i-PI, batched evaluation) or ``pairs`` (LAMMPS ML-IAP).
+    format_version: version of the file layout.
+    inputs, outputs: the graph's tensors in order.
+    raw: every ``metadata_props`` entry as stored (strings).
+    """
+
+    species: tuple[str, ...]
+    atomic_numbers: tuple[int, ...]
+    r_max: float
+    pair_cutoffs: tuple[tuple[float, ...], ...]
+    dtype: str
+    target: str
+    format_version: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    raw: Mapping[str, str] = field(repr=False, compare=False)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.outputs)
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], source: str = "model") -> ModelMetadata:
+        """Parse and check ``metadata_props`` (key -> string) of the file named ``source``.
+
+        Raises :class:`MetadataError` when the file is not an allegro-deploy export, was
+        written in a format version this runtime does not read, or names an unknown
+        target or dtype.
+        """
+        found = props.get("format")
+        if found != FORMAT:
+            what = f"its format is {found!r}" if found else "it has no 'format' metadata"
+            raise MetadataError(
+                f"{source} is not an allegro-deploy model file ({what}, expected {FORMAT!r}); "
+                "export one with `allegro-deploy export`"
+            )
+        supported = ", ".join(str(v) for v in SUPPORTED_FORMAT_VERSIONS)
+        try:
+            version = int(props.get("format_version", ""))
+        except ValueError:
+            raise MetadataError(
+                f"{source} has an invalid format_version {props.get('format_version')!r}; "
+                f"this runtime reads format version {supported}"
+            ) from None
+        if version not in SUPPORTED_FORMAT_VERSIONS:
+            advice = (
+                "upgrade allegro-deploy to run it"
+                if version > max(SUPPORTED_FORMAT_VERSIONS)
+                else "re-export it with this version of allegro-deploy"
+            )
+            raise MetadataError(
+                f"{source} has format version {version}, but this runtime reads format "
+                f"version {supported}; {advice}"
+            )
+        target, dtype = props.get("target"), props.get("dtype")
+        if target not in TARGETS:
+            raise MetadataError(
+                f"{source} has unknown target {target!r}; this runtime knows {', '.join(TARGETS)}"
+            )
+        if dtype not in DTYPES:
+            raise MetadataError(
+                f"{source} has unknown dtype {dtype!r}; this runtime knows {', '.join(DTYPES)}"
+            )
+        try:
+            species = tuple(str(s) for s in _json(props, "species"))
+            atomic_numbers = tuple(int(z) for z in _json(props, "atomic_numbers"))
+            pair_cutoffs = tuple(
+                tuple(float(c) for c in row) for row in _json(props, "pair_cutoffs")
+            )
+            inputs = tuple(_spec(s) for s in _json(props, "inputs"))
+            outputs = tuple(_spec(s) for s in _json(props, "outputs"))
+            r_max = float(props["r_max"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise MetadataError(f"{source} has incomplete or invalid metadata: {error}") from None
+        n = len(species)
+        if {len(atomic_numbers), len(pair_cutoffs), *(len(row) for row in pair_cutoffs)} != {n}:
+            raise MetadataError(
+                f"{source}: species, atomic_numbers and pair_cutoffs disagree in length"
+            )
+        return cls(
+            species=species,
+            atomic_numbers=atomic_numbers,
+            r_max=r_max,
+            pair_cutoffs=pair_cutoffs,
+            dtype=dtype,
+            target=target,
+            format_version=version,
+            inputs=inputs,
+            outputs=outputs,
+            raw=MappingProxyType(dict(props)),
+        )
+
+
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """Read and check the metadata of the model file at ``path``.
+
+    Only the top-level protobuf fields are walked; the graph and weights are skipped
+    over, not read. Raises ``FileNotFoundError`` for a missing file and
+    :class:`MetadataError` for a file that is not an ONNX model, not an allegro-deploy
+    export, or of an unsupported format version, target or dtype.
+    """
+    path = Path(path)
+    with open(path, "rb") as file:
+        try:
+            props = _metadata_props(file, path.stat().st_size)
+        except (ValueError, UnicodeDecodeError):
+            raise MetadataError(
+                f"{path} is not an ONNX file, so not an allegro-deploy model file"
+            ) from None
+    return ModelMetadata.from_props(props, str(path))
+
+
+def _json(props: Mapping[str, str], key: str) -> Any:
+    return json.loads(props[key])
+
+
+def _spec(entry: Mapping[str, Any]) -> TensorSpec:
+    return TensorSpec(
+        name=str(entry["name"]),
+        dtype=str(entry["dtype"]),
+        shape=tuple(entry["shape"]),
+        unit=str(entry["unit"]),
+        description=str(entry["description"]),
+    )
+
+
+def _varint(stream: BinaryIO) -> int:
+    """Protobuf base-128 varint read from ``stream``."""
+    value = 0
+    for shift in range(0, 64, 7):
+        byte = stream.read(1)
+        if not byte:
+            raise ValueError("truncated varint")
+        value |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return value
+    raise ValueError("varint too long")
+
+
+def _fields(stream: BinaryIO, end: int, wanted: int) -> Iterator[bytes]:
+    """Payloads of the length-delimited fields numbered ``wanted`` of the protobuf message
+    in ``stream`` up to offset ``end``; other fields are skipped without being read."""
+    while stream.tell() < end:
+        tag = _varint(stream)
+        number, wire = tag >> 3, tag & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        if wire == _VARINT:
+            _varint(stream)
+        elif wire == _LENGTH_DELIMITED:
+            length = _varint(stream)
+            if stream.tell() + length > end:
+                raise ValueError("truncated field")
+            if number == wanted:
+                yield stream.read(length)
+            else:
+                stream.seek(length, io.SEEK_CUR)
+        elif wire in (_FIXED64, _FIXED32):
+            stream.seek(8 if wire == _FIXED64 else 4, io.SEEK_CUR)
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+    if stream.tell() != end:
+        raise ValueError("truncated message")
+
+
+def _metadata_props(stream: BinaryIO, size: int) -> dict[str, str]:
+    """``metadata_props`` of the serialized ONNX ModelProto of ``size`` bytes in ``stream``."""
+    props: dict[str, str] = {}
+    for entry in _fields(stream, size, _METADATA_PROPS):
+        key = b"".join(_fields(io.BytesIO(entry), len(entry), _KEY)).decode()
+        value = b"".join(_fields(io.BytesIO(entry), len(entry), _VALUE)).decode()
+        props[key] = value
+    return props

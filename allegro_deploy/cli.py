@@ -134,7 +134,15 @@ def train(config: Path, resume: Path | None) -> None:
 @main.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 def info(path: Path) -> None:
-    """Describe the checkpoint at PATH."""
+    """Describe the checkpoint or exported .onnx model at PATH."""
+    if path.suffix == ".onnx":
+        from allegro_deploy.exporters.inspect import describe_onnx
+
+        try:
+            click.echo(describe_onnx(path))
+        except ValueError as error:
+            raise click.ClickException(str(error)) from error
+        return
     from allegro_deploy.models.checkpoint import describe
 
     click.echo(describe(path))
@@ -172,3 +180,183 @@ def quickstart(workdir: Path) -> None:
     from allegro_deploy.quickstart import run
 
     run(workdir)
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--address",
+    required=True,
+    help="Where i-PI listens: HOST:PORT, or unix:NAME for i-PI's socket /tmp/ipi_NAME.",
+)
+@click.option(
+    "--structure",
+    "structure_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Structure i-PI starts from (any ASE-readable file): atomic numbers in i-PI's order.",
+)
+@click.option("--backend", default="auto", show_default=True, help="auto, cpu, cuda or tensorrt.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads (default: one per core).")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to keep trying to connect while i-PI starts.",
+)
+@click.option(
+    "--reconnect",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to keep trying to reconnect after losing i-PI without EXIT.",
+)
+def ipi(
+    model: Path,
+    address: str,
+    structure_file: Path,
+    backend: str,
+    threads: int | None,
+    wait: float,
+    reconnect: float,
+) -> None:
+    """Serve the exported MODEL (a structures export) to an i-PI server until it sends EXIT."""
+    import ase.io
+
+    from allegro_deploy.runtime.ipi import Address, IPIClient, IPIProtocolError
+    from allegro_deploy.runtime.potential import Potential
+
+    where = Address.parse(address)
+    atoms = ase.io.read(structure_file, index=0)
+    potential = Potential.load(model, backend, threads=threads)
+    client = IPIClient(potential, atoms.numbers, atoms.pbc)
+    click.echo(f"serving {potential} to i-PI at {where}", err=True)
+    try:
+        evaluations = client.serve(where, wait=wait, reconnect=reconnect)
+    except (ConnectionError, TimeoutError, IPIProtocolError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"i-PI sent EXIT after {evaluations} evaluations", err=True)
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("structure", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--ensemble",
+    type=click.Choice(["nve", "nvt"]),
+    default="nvt",
+    show_default=True,
+    help="nve: velocity Verlet; nvt: Langevin thermostat.",
+)
+@click.option(
+    "--timestep",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Time step in fs.",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="K: thermostat and initial Maxwell-Boltzmann velocities.",
+)
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="MD steps."
+)
+@click.option(
+    "--friction",
+    type=click.FloatRange(min=0),
+    default=0.01,
+    show_default=True,
+    help="Langevin friction in 1/fs.",
+)
+@click.option(
+    "--trajectory",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write frames to this .traj or .extxyz file.",
+)
+@click.option(
+    "--interval",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Steps between trajectory frames and energy samples.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of velocities and noise."
+)
+@click.option("--backend", default="auto", show_default=True, help="auto, cpu, cuda or tensorrt.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads (default: one per core).")
+def md(
+    model: Path,
+    structure: Path,
+    ensemble: str,
+    timestep: float,
+    temperature: float,
+    steps: int,
+    friction: float,
+    trajectory: Path | None,
+    interval: int,
+    seed: int,
+    backend: str,
+    threads: int | None,
+) -> None:
+    """Run ASE molecular dynamics of STRUCTURE (any ASE-readable file, its last frame)
+    with the exported MODEL (a structures export), and report the speed."""
+    import ase.io
+
+    from allegro_deploy.runtime.calculator import AllegroCalculator
+    from allegro_deploy.runtime.md import run_md
+
+    atoms = ase.io.read(structure)
+    calculator = AllegroCalculator(model, backend, threads=threads)
+    click.echo(f"{len(atoms)} atoms, {calculator.potential}", err=True)
+    report = run_md(
+        atoms,
+        calculator,
+        ensemble=ensemble,
+        timestep_fs=timestep,
+        temperature_K=temperature,
+        steps=steps,
+        friction_per_fs=friction,
+        trajectory=trajectory,
+        interval=interval,
+        seed=seed,
+    )
+    click.echo(report.summary())
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="ONNX file to write.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float64"]),
+    help="Precision of the network body (default: the checkpoint's).",
+)
+@click.option(
+    "--target",
+    type=click.Choice(["structures", "pairs"]),
+    default="structures",
+    show_default=True,
+    help="structures: ASE, i-PI, batches; pairs: LAMMPS ML-IAP.",
+)
+def export(checkpoint: Path, output: Path, dtype: str | None, target: str) -> None:
+    """Export CHECKPOINT's energy, forces and virial to ONNX, verified with ONNX Runtime."""
+    from allegro_deploy.exporters.onnx_export import ExportError, export_checkpoint
+    from allegro_deploy.models.checkpoint import CheckpointError
+
+    try:
+        report = export_checkpoint(checkpoint, output, target=target, dtype=dtype, log=click.echo)
+    except (ExportError, CheckpointError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(report.summary())

@@ -674,3 +674,31 @@ def test_packaged_module_without_counterpart_is_refused(
         OfficialImportError, match="contains module torch.nn.modules.activation.ReLU"
     ):
         import_official(relu)
+
+
+def test_imported_official_model_exports_and_onnx_runtime_reproduces_it(
+    official_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Official .ckpt -> import -> ONNX (float64) -> torch-free runtime == official model."""
+    from nequip.model.saved_models.load_utils import load_saved_model
+
+    from allegro_deploy.exporters.onnx_export import export_checkpoint
+    from allegro_deploy.runtime import Potential
+
+    checkpoint = tmp_path / "imported.safetensors"
+    save(official_files["ckpt"], checkpoint)
+    export_checkpoint(checkpoint, tmp_path / "imported.onnx", dtype="float64", log=lambda _: None)
+    potential = Potential.load(tmp_path / "imported.onnx", backend="cpu")
+    official = load_saved_model(str(official_files["ckpt"]))
+    ours = load_checkpoint(checkpoint).model
+    for atoms in structures(list(ours.species)).values():
+        graph = AtomicGraph.from_atoms([atoms], ours.config.atomic_numbers, ours.config.r_max)
+        reference = official_outputs(official, atoms, graph)
+        result = potential.evaluate(atoms)
+        for value, key in [
+            (result.energy, "total_energy"),
+            (result.atomic_energies, "atomic_energy"),
+            (result.forces, "forces"),
+        ]:
+            expected = reference[key].detach().double().numpy().reshape(np.shape(value))
+            assert np.abs(value - expected).max() <= 1e-10 * np.abs(expected).max(), key

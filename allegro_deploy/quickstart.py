@@ -25,11 +25,12 @@ def run(workdir: str | Path = "runs/quickstart") -> Path:
     export it to ONNX and run molecular dynamics with it through the ASE calculator.
 
     The dataset is 120 frames of Langevin MD of a 32-atom fcc Cu cell at 300, 600 and
-    900 K, each with a random ±3 % strain (energy, forces and stress labels). The model
-    (l_max 1, 2 layers, 32 scalar / 8 tensor features, r_max 4.5 Å) trains for about
-    two minutes. The best checkpoint is exported to ``model.onnx`` (float32, verified
-    against torch) and drives 200 steps of Langevin MD (300 K, 1 fs) of a 500-atom Cu
-    cell through :class:`~allegro_deploy.runtime.AllegroCalculator`; the speed is printed.
+    900 K, each with a random strain of up to ±1 % per component (energy, forces and
+    stress labels). The model (l_max 1, 2 layers, 32 scalar / 8 tensor features,
+    r_max 4.5 Å) trains for about two minutes. The best checkpoint is exported to
+    ``model.onnx`` (float32, verified against torch) and drives 200 steps of Langevin MD
+    (300 K, 1 fs) of a 500-atom Cu cell through
+    :class:`~allegro_deploy.runtime.AllegroCalculator`; the speed is printed.
     Results of an earlier quickstart in ``workdir`` are replaced.
     Returns the best checkpoint's path.
     """

@@ -18,6 +18,18 @@ MD_SUPERCELL = (5, 5, 5)
 MD_STEPS = 200
 MD_TIMESTEP_FS = 1.0
 MD_TEMPERATURE_K = 300.0
+MODEL = {
+    "r_max": 4.5,
+    "l_max": 1,
+    "num_layers": 2,
+    "num_scalar_features": 32,
+    "num_tensor_features": 8,
+    "scalar_embed_mlp_hidden_layers_width": 32,
+    "allegro_mlp_hidden_layers_width": 32,
+    "readout_mlp_hidden_layers_width": 16,
+    "model_dtype": "float32",
+}
+"""The quickstart model's options (statistics-derived ones come from the data)."""
 
 
 def run(workdir: str | Path = "runs/quickstart") -> Path:
@@ -58,17 +70,7 @@ def run(workdir: str | Path = "runs/quickstart") -> Path:
     best = train(
         {
             "data": {"train_file": str(data), "val_fraction": 0.15, "split_seed": 0},
-            "model": {
-                "r_max": 4.5,
-                "l_max": 1,
-                "num_layers": 2,
-                "num_scalar_features": 32,
-                "num_tensor_features": 8,
-                "scalar_embed_mlp_hidden_layers_width": 32,
-                "allegro_mlp_hidden_layers_width": 32,
-                "readout_mlp_hidden_layers_width": 16,
-                "model_dtype": "float32",
-            },
+            "model": MODEL,
             "training": {
                 "seed": 0,
                 "epochs": 1000,

@@ -25,6 +25,7 @@ from allegro_deploy.exporters.onnx_export import export_checkpoint
 from allegro_deploy.models.checkpoint import load_checkpoint
 from allegro_deploy.models.datagen import generate_emt_dataset
 from allegro_deploy.models.train import train
+from allegro_deploy.quickstart import MODEL
 from allegro_deploy.runtime import AllegroCalculator
 from allegro_deploy.runtime.md import run_md
 
@@ -38,17 +39,7 @@ def trained_checkpoint(workdir: Path, epochs: int) -> Path:
     return train(
         {
             "data": {"train_file": str(data), "val_fraction": 0.15, "split_seed": 0},
-            "model": {
-                "r_max": 4.5,
-                "l_max": 1,
-                "num_layers": 2,
-                "num_scalar_features": 32,
-                "num_tensor_features": 8,
-                "scalar_embed_mlp_hidden_layers_width": 32,
-                "allegro_mlp_hidden_layers_width": 32,
-                "readout_mlp_hidden_layers_width": 16,
-                "model_dtype": "float32",
-            },
+            "model": MODEL,
             "training": {
                 "epochs": epochs,
                 "batch_size": 4,

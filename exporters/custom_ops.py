@@ -98,7 +98,9 @@ tensor_product_op.register_autograd(_backward, setup_context=_setup_context)
 
 def _custom_forward(module: ChannelwiseTensorProduct) -> Any:
     def forward(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        return tensor_product_op(x1, x2, module.path_weights(), module.cg)
+        policy = module.matmul_policy
+        operands = policy.operands(x1, x2, module.path_weights(), module.cg)
+        return policy.result(tensor_product_op(*operands))
 
     return forward
 
@@ -106,7 +108,8 @@ def _custom_forward(module: ChannelwiseTensorProduct) -> Any:
 @contextlib.contextmanager
 def custom_tensor_products(model: torch.nn.Module) -> Iterator[None]:
     """Within the block, every :class:`ChannelwiseTensorProduct` of ``model`` calls
-    ``allegro::tensor_product`` (same inputs, weights and CG buffer as its own forward).
+    ``allegro::tensor_product`` (same inputs, weights and CG buffer as its own forward,
+    rounded by its ``matmul_policy`` as its own forward rounds them).
 
     Only the instances in ``model`` are affected (an instance attribute shadows the class
     method); they are restored on exit.
@@ -119,3 +122,20 @@ def custom_tensor_products(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for module in modules:
             del module.forward
+
+
+@torch.library.custom_op("allegro::center_sum", mutates_args=())
+def center_sum_op(base: torch.Tensor, center: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``base.index_add(0, center, values)`` for a sum of edge rows onto their center atoms.
+
+    base: (N, ...) atom rows. center: (E,) int64 center atom of each edge. values: (E, ...).
+    Marks the sums whose index is the edges' centers, which neighbor lists keep grouped
+    (see :func:`~allegro_deploy.exporters.onnx_functions.translation_table`); the graph is
+    differentiated before it is introduced, so it has no autograd formula.
+    """
+    return base.index_add(0, center, values)
+
+
+@center_sum_op.register_fake
+def _(base: torch.Tensor, center: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(base)

@@ -45,13 +45,22 @@ are float64.
 
 The tensor products appear as ``allegro.TensorProduct`` / ``allegro.TensorProductBackward``
 nodes with model-local function bodies; sums over atoms (``index_add`` and the backward
-of indexing) as ``ScatterElements(reduction="add")``, or with ``scatter="nd"`` as
-``ScatterND(reduction="add")``, which ONNX Runtime's CPU kernels run much faster (see
-:mod:`allegro_deploy.exporters.onnx_functions`).
+of indexing) over the edges' centers as a gather into a padded (atoms, neighbors, ...)
+table and a ``ReduceSum``, the other sums over atoms as
+``ScatterElements(reduction="add")`` (see :mod:`allegro_deploy.exporters.onnx_functions`):
+standard ops that ONNX Runtime runs fast and TensorRT parses. Edges grouped by center, as
+neighbor lists emit them, keep the table at (atoms, most neighbors); any order is exact.
+
+Reduced precision (:mod:`allegro_deploy.models.precision`): a float32 export can run the
+matrix products of its MLPs and tensor products in ``tf32``, ``fp16`` or ``bf16``. Real
+files (the default) are strongly typed graphs with explicit Casts, for TensorRT (a ``tf32``
+file is the ``fp32`` graph; the engine enables TF32); emulated files round in float32
+for CPUs without the reduced matrix units.
 
 Metadata (``metadata_props``; structured values are JSON): ``format``
 (``allegro-deploy-onnx``), ``format_version``, ``species``, ``atomic_numbers``,
-``r_max`` (Å), ``pair_cutoffs`` (Å, [center][neighbor]), ``dtype``, ``target``,
+``r_max`` (Å), ``pair_cutoffs`` (Å, [center][neighbor]), ``dtype``, ``precision`` (fp64,
+fp32, tf32, fp16 or bf16), ``precision_mode`` (real or emulated), ``target``,
 ``inputs`` and ``outputs`` (name, dtype, shape, unit, description), ``model_config``,
 ``exporter`` (``allegro-deploy``), ``exporter_version``, ``torch_version``,
 ``checkpoint_sha256`` (of the source file; empty when exported from memory).
@@ -85,10 +94,16 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from allegro_deploy import __version__
 from allegro_deploy.models.allegro import AllegroModel, pair_forces_to_atoms, pair_virial
 from allegro_deploy.models.graph import AtomicGraph
+from allegro_deploy.models.precision import dtype_precision, get_precision, matmul_precision
 
 from .custom_ops import custom_tensor_products
-from .onnx_functions import DOMAIN, DOMAIN_VERSION, OPSET_VERSION, SCATTERS, function_protos
-from .onnx_functions import translation_table as _translation_table
+from .onnx_functions import (
+    DOMAIN,
+    DOMAIN_VERSION,
+    OPSET_VERSION,
+    function_protos,
+    translation_table,
+)
 
 FORMAT = "allegro-deploy-onnx"
 FORMAT_VERSION = 1
@@ -96,6 +111,11 @@ TARGETS = ("structures", "pairs")
 DTYPES = ("float32", "float64")
 TOLERANCES = {"float64": 1e-10, "float32": 1e-5}
 """Largest relative error (max |onnx - torch| / max |torch| per output) verification accepts."""
+REDUCED_TOLERANCES = {"tf32": 2e-3, "fp16": 3e-3, "bf16": 3e-2}
+"""The same for reduced precisions. ONNX Runtime and torch apply the same roundings but
+accumulate in other orders, so some values round to neighbouring representable numbers:
+measured up to 3.4e-4 (tf32) on a trained silicon model, about a third of the error of
+the precision itself."""
 MAX_WEIGHT_BYTES = 2**31 - 2**26
 """Weights above this do not fit one protobuf file (2 GiB, less room for the graph)."""
 
@@ -172,6 +192,9 @@ SPECS: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
 class ExportReport:
     """What :func:`export_model` did.
 
+    precision, precision_mode: see :mod:`allegro_deploy.models.precision`.
+    verified: what ONNX Runtime ran, ``the file`` or ``its emulated twin`` (a real bf16
+        file: ONNX Runtime has no CPU kernels for bfloat16).
     errors: per verification sample, the relative error of every output.
     seconds: wall time of each phase (``export``: trace, export, convert and check;
         ``verify``: ONNX Runtime against torch).
@@ -180,6 +203,9 @@ class ExportReport:
     path: Path
     target: str
     dtype: str
+    precision: str
+    precision_mode: str
+    verified: str
     tolerance: float
     size_bytes: int
     op_counts: dict[str, int]
@@ -192,7 +218,10 @@ class ExportReport:
 
     def summary(self) -> str:
         """Human-readable verification table and totals."""
-        lines = [f"verification against torch (tolerance {self.tolerance:.0e} relative):"]
+        lines = [
+            f"verification against torch of {self.verified} ({self.precision}, "
+            f"{self.precision_mode}; tolerance {self.tolerance:.0e} relative):"
+        ]
         for sample, errors in self.errors.items():
             cells = "  ".join(f"{name} {error:.1e}" for name, error in errors.items())
             lines.append(f"  {sample}: {cells}")
@@ -301,6 +330,25 @@ def _stable_silu_backward(grad_output: torch.Tensor, x: torch.Tensor) -> torch.T
     return grad_output * sigmoid * (1 + x * (1 - sigmoid))
 
 
+def _select_backward_by_concat(
+    grad_output: torch.Tensor, input_sizes: Sequence[int], dim: int, index: int
+) -> torch.Tensor:
+    """``select_backward`` as one concatenation of the gradient with zeros along ``dim``.
+
+    The stock decomposition is a ``where`` over a mask broadcast against the whole input,
+    which ONNX Runtime runs element by element; a concatenation copies contiguous blocks.
+    """
+    dim %= len(input_sizes)
+    index %= input_sizes[dim]
+    grad = grad_output.unsqueeze(dim)
+    parts = []
+    for size in (index, input_sizes[dim] - index - 1):
+        zeros = list(input_sizes)
+        zeros[dim] = size
+        parts.append(grad.new_zeros(zeros) if size else None)
+    return torch.cat([p for p in (parts[0], grad, parts[1]) if p is not None], dim)
+
+
 @contextlib.contextmanager
 def _no_duck_shaping() -> Iterator[None]:
     """Give equal sizes separate symbols, so no dynamic size is tied to a weight shape."""
@@ -311,6 +359,33 @@ def _no_duck_shaping() -> Iterator[None]:
         yield
     finally:
         config.use_duck_shape = previous
+
+
+def _mark_center_sums(graph: torch.fx.GraphModule, edge_index: torch.fx.Node) -> None:
+    """Turn the sums of edge rows onto their centers (accumulating ``index_put`` over
+    ``edge_index[0]``: the environment sums and the backward of gathering them) into
+    ``allegro::center_sum``, which exports as a padded gather instead of a scatter
+    (see :func:`onnx_functions.translation_table`)."""
+
+    def is_center(index: object) -> bool:
+        return (
+            isinstance(index, torch.fx.Node)
+            and index.target == torch.ops.aten.select.int
+            and index.args == (edge_index, 0, 0)
+        )
+
+    for node in graph.graph.find_nodes(op="call_function", target=torch.ops.aten.index_put.default):
+        base, indices, values, *accumulate = node.args
+        if not (accumulate and accumulate[0] and len(indices) == 1 and is_center(indices[0])):
+            continue
+        with graph.graph.inserting_after(node):
+            center_sum = graph.graph.call_function(
+                torch.ops.allegro.center_sum.default, (base, indices[0], values)
+            )
+        center_sum.meta = dict(node.meta)
+        node.replace_all_uses_with(center_sum)
+        graph.graph.erase_node(node)
+    graph.recompile()
 
 
 def trace(model: AllegroModel, target: str, inputs: Sequence[torch.Tensor]) -> torch.nn.Module:
@@ -336,6 +411,7 @@ def trace(model: AllegroModel, target: str, inputs: Sequence[torch.Tensor]) -> t
 
     decompositions = dict(core_aten_decompositions())
     decompositions[torch.ops.aten.silu_backward.default] = _stable_silu_backward
+    decompositions[torch.ops.aten.select_backward.default] = _select_backward_by_concat
     with custom_tensor_products(model), _no_duck_shaping():
         graph = make_fx(
             function,
@@ -343,6 +419,10 @@ def trace(model: AllegroModel, target: str, inputs: Sequence[torch.Tensor]) -> t
             tracing_mode="symbolic",
             _allow_non_fake_inputs=True,
         )(*inputs, *state)
+    edge_index = list(graph.graph.find_nodes(op="placeholder"))[
+        [spec.name for spec in SPECS[target][0]].index("edge_index")
+    ]
+    _mark_center_sums(graph, edge_index)
     return _TracedGraph(graph, state)
 
 
@@ -473,10 +553,8 @@ def _quiet_torch_onnx() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def to_onnx(model: AllegroModel, target: str, scatter: str = "elements") -> onnx.ModelProto:
+def to_onnx(model: AllegroModel, target: str) -> onnx.ModelProto:
     """Trace, export and convert ``model`` (in its own dtype) for ``target``, no metadata.
-
-    scatter: how sums over atoms are written, see :func:`onnx_functions.translation_table`.
 
     Returns the model with the ``allegro`` function bodies attached.
     """
@@ -498,7 +576,7 @@ def to_onnx(model: AllegroModel, target: str, scatter: str = "elements") -> onnx
             opset_version=OPSET_VERSION,
             optimize=False,
             verbose=False,
-            custom_translation_table=_translation_table(scatter),
+            custom_translation_table=translation_table(),
             input_names=[s.name for s in inputs_spec],
             output_names=[s.name for s in outputs_spec],
         )
@@ -511,8 +589,15 @@ def to_onnx(model: AllegroModel, target: str, scatter: str = "elements") -> onnx
     return proto
 
 
-def metadata(model: AllegroModel, target: str, checkpoint_sha256: str) -> dict[str, str]:
-    """``metadata_props`` of an exported file (see the module docstring)."""
+def metadata(
+    model: AllegroModel,
+    target: str,
+    checkpoint_sha256: str,
+    precision: str | None = None,
+    precision_mode: str = "real",
+) -> dict[str, str]:
+    """``metadata_props`` of an exported file (see the module docstring); ``precision``
+    defaults to the full precision of the model dtype."""
     c = model.config
     inputs_spec, outputs_spec = SPECS[target]
     return {
@@ -523,6 +608,8 @@ def metadata(model: AllegroModel, target: str, checkpoint_sha256: str) -> dict[s
         "r_max": repr(float(c.r_max)),
         "pair_cutoffs": json.dumps(c.pair_cutoffs()),
         "dtype": c.model_dtype,
+        "precision": precision or dtype_precision(c.model_dtype),
+        "precision_mode": precision_mode,
         "target": target,
         "inputs": json.dumps([dataclasses.asdict(s) for s in inputs_spec], ensure_ascii=False),
         "outputs": json.dumps([dataclasses.asdict(s) for s in outputs_spec], ensure_ascii=False),
@@ -539,6 +626,7 @@ def ort_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # no notes on float16 MatMuls it cannot constant-fold
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -594,18 +682,24 @@ def export_model(
     *,
     target: str = "structures",
     dtype: str | None = None,
+    precision: str | None = None,
+    emulate: bool = False,
     checkpoint_sha256: str = "",
     tolerance: float | None = None,
-    scatter: str = "elements",
     log: Callable[[str], None] = _log.info,
 ) -> ExportReport:
     """Export ``model`` to ``path`` for ``target`` and verify it with ONNX Runtime.
 
-    dtype: float32 or float64 (default: the model's own); a model of another dtype is
-        rebuilt in that dtype with its weights cast.
-    tolerance: largest accepted relative error (default :data:`TOLERANCES` of the dtype).
-    scatter: ``elements`` (``ScatterElements``) or ``nd`` (``ScatterND``, faster in ONNX
-        Runtime on CPU) for the sums over atoms; see :func:`onnx_functions.translation_table`.
+    dtype: float32 or float64 (default: the model's own, or the precision's); a model of
+        another dtype is rebuilt in that dtype with its weights cast.
+    precision: fp64 (float64 only), fp32, tf32, fp16 or bf16 (float32 only) for the matrix
+        products of the MLPs and tensor products (default: the dtype's full precision).
+    emulate: round in float32 instead of running the products in the reduced type (see
+        :mod:`allegro_deploy.models.precision`; no effect on fp64 and fp32). The file is
+        verified against the torch model with the same roundings; a real bf16 file, which
+        ONNX Runtime cannot run on CPU, through its emulated twin.
+    tolerance: largest accepted relative error (default :data:`TOLERANCES` of the dtype,
+        :data:`REDUCED_TOLERANCES` of a reduced precision).
     The file is written to a temporary name next to ``path``, checked, verified and only
     then renamed to ``path``. Raises :class:`ExportError` when the model is too large,
     or when verification fails (the temporary file is deleted; an existing ``path`` is
@@ -614,12 +708,21 @@ def export_model(
     path = Path(path)
     if target not in TARGETS:
         raise ExportError(f"unknown target {target!r}; choose one of {TARGETS}")
+    if precision is not None:
+        needed = get_precision(precision).dtype
+        if dtype not in (None, needed):
+            raise ExportError(
+                f"precision {precision} needs a {needed} export, not {dtype} (use --dtype {needed})"
+            )
+        dtype = needed
     dtype = dtype or model.config.model_dtype
     if dtype not in DTYPES:
         raise ExportError(f"unknown dtype {dtype!r}; choose one of {DTYPES}")
-    if scatter not in SCATTERS:
-        raise ExportError(f"unknown scatter {scatter!r}; choose one of {SCATTERS}")
-    tolerance = TOLERANCES[dtype] if tolerance is None else tolerance
+    precision = precision or dtype_precision(dtype)
+    reduced = precision in REDUCED_TOLERANCES
+    mode = "emulated" if emulate and reduced else "real"
+    if tolerance is None:
+        tolerance = REDUCED_TOLERANCES[precision] if reduced else TOLERANCES[dtype]
     model = model_in_dtype(model, dtype).eval()
     weight_bytes = _weight_bytes(model)
     if weight_bytes > MAX_WEIGHT_BYTES:
@@ -631,25 +734,42 @@ def export_model(
 
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    log(f"tracing {target} energy + gradients ({dtype}) and converting to ONNX ...")
-    proto = to_onnx(model, target, scatter)
-    onnx.helper.set_model_props(proto, metadata(model, target, checkpoint_sha256))
+    log(f"tracing {target} energy + gradients ({precision}, {mode}) and converting to ONNX ...")
+    with matmul_precision(model, precision, mode):
+        proto = to_onnx(model, target)
+    props = metadata(model, target, checkpoint_sha256, precision, mode)
+    onnx.helper.set_model_props(proto, props)
     proto.producer_name, proto.producer_version = "allegro-deploy", __version__
     onnx.checker.check_model(proto, full_check=True)
+    # ONNX Runtime has no CPU kernels for bfloat16: verify the emulated twin instead.
+    verified_mode = "emulated" if precision == "bf16" else mode
+    twin = proto
+    if verified_mode != mode:
+        log("converting the emulated twin for verification ...")
+        with matmul_precision(model, precision, verified_mode):
+            twin = to_onnx(model, target)
     seconds["export"] = time.perf_counter() - start
 
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    twin_file = path.with_name(f".{path.name}.{os.getpid()}.emulated.tmp")
     try:
         onnx.save_model(proto, temporary)
         start = time.perf_counter()
         log("verifying with ONNX Runtime on fresh structures ...")
-        errors = verify(ort_session(temporary), model, target)
+        if twin is not proto:
+            onnx.save_model(twin, twin_file)
+        session = ort_session(temporary if twin is proto else twin_file)
+        with matmul_precision(model, precision, verified_mode):
+            errors = verify(session, model, target)
         seconds["verify"] = time.perf_counter() - start
         report = ExportReport(
             path=path,
             target=target,
             dtype=dtype,
+            precision=precision,
+            precision_mode=mode,
+            verified="the file" if twin is proto else "its emulated twin",
             tolerance=tolerance,
             size_bytes=temporary.stat().st_size,
             op_counts=op_counts(proto),
@@ -665,6 +785,7 @@ def export_model(
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+        twin_file.unlink(missing_ok=True)
     return report
 
 
@@ -683,6 +804,8 @@ def export_checkpoint(
     *,
     target: str = "structures",
     dtype: str | None = None,
+    precision: str | None = None,
+    emulate: bool = False,
     tolerance: float | None = None,
     log: Callable[[str], None] = _log.info,
 ) -> ExportReport:
@@ -695,6 +818,8 @@ def export_checkpoint(
         path,
         target=target,
         dtype=dtype,
+        precision=precision,
+        emulate=emulate,
         checkpoint_sha256=file_sha256(checkpoint),
         tolerance=tolerance,
         log=log,

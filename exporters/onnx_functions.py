@@ -16,19 +16,24 @@ Nodes (E edges, U channels, P paths, I/J/K irreps dimensions of the inputs/outpu
     allegro.TensorProductBackward(grad (E,U,K), x1, x2, path_weights, cg)
         -> grad_x1 (E,U,I), grad_x2 (E,U,J)
 
-All tensors of one node share one float type (float32 or float64). The bodies reshape to
+All tensors of one node share one float type (float32 or float64; float16 or bfloat16 in
+reduced-precision exports, see :mod:`allegro_deploy.models.precision`). The bodies reshape to
 explicit shapes with ``allowzero=1`` (never ``0``/``-1`` inference), so graphs with no
 edges (E = 0) run. Inside, the edge axis is moved last, so that broadcasts and GEMMs run
 over long rows.
 
-:func:`translation_table` also overrides two ATen translations of ``torch.onnx``:
+:func:`translation_table` also overrides ATen translations of ``torch.onnx``, keeping
+the sums over atoms fast in ONNX Runtime and parseable by TensorRT (which rejects a
+``ScatterND`` with a reduction):
 
-* ``aten.index_put`` with ``accumulate=True`` and one 1-D index (what ``index_add`` and
-  the backward of indexing decompose into) becomes ``ScatterElements(reduction="add")``,
-  which sums repeated indices, instead of ``ScatterND`` (``scatter="elements"``, the
-  default). ``scatter="nd"`` keeps torch.onnx's ``ScatterND(reduction="add")``, which sums
-  repeated indices too and is much faster in ONNX Runtime's CPU kernels (one row per
-  index instead of one element per index: 2 ms against 200 ms for 37k x 128 floats);
+* ``allegro::center_sum`` (the sums of edge rows onto their center atoms, see
+  :func:`~allegro_deploy.exporters.onnx_export.trace`) becomes a gather into a padded
+  (atoms, neighbors, ...) table and a ``ReduceSum``: whole rows are moved, where ONNX
+  Runtime's ``ScatterElements`` adds one element at a time (~100x slower);
+* ``aten.index_put`` with ``accumulate=True`` and one 1-D index (the other sums, over
+  neighbors or structures, with 3 or 9 values per edge) becomes
+  ``ScatterElements(reduction="add")``, which sums repeated indices, instead of the
+  stock ``ScatterND(reduction="add")``;
 * ``aten.scalar_tensor`` (what ``x * 1.7320508075688772`` decomposes into) becomes a
   constant of the requested dtype; the stock translation rounds the scalar through
   float32 first, which costs float64 models 1e-8 relative accuracy.
@@ -42,7 +47,7 @@ from typing import TypeVar, Union
 import onnx
 import onnx_ir as ir
 import torch
-from onnxscript import DOUBLE, FLOAT, script
+from onnxscript import BFLOAT16, DOUBLE, FLOAT, FLOAT16, INT64, script
 from onnxscript import opset18 as op
 from onnxscript.function_libs.torch_lib.ops.core import aten_index_put
 from onnxscript.values import Op, Opset
@@ -59,7 +64,7 @@ TENSOR_PRODUCT = "TensorProduct"
 TENSOR_PRODUCT_BACKWARD = "TensorProductBackward"
 
 allegro = Opset(DOMAIN, DOMAIN_VERSION)
-TFloat = TypeVar("TFloat", bound=Union[FLOAT, DOUBLE])  # noqa: UP007 (onnxscript needs Union)
+TFloat = TypeVar("TFloat", bound=Union[FLOAT, DOUBLE, FLOAT16, BFLOAT16])  # noqa: UP007
 
 
 @script(allegro, default_opset=op)
@@ -148,6 +153,9 @@ def TensorProductBackward(
     return grad_x1, grad_x2
 
 
+_FLOAT_TYPES = ["tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)"]
+
+
 def _schema(
     name: str, doc: str, inputs: Sequence[str], outputs: Sequence[str]
 ) -> onnx.defs.OpSchema:
@@ -161,7 +169,7 @@ def _schema(
         doc,
         inputs=[parameter(n, "T") for n in inputs],
         outputs=[parameter(n, "T") for n in outputs],
-        type_constraints=[("T", ["tensor(float)", "tensor(double)"], "float type")],
+        type_constraints=[("T", _FLOAT_TYPES, "float type")],
         attributes=[
             attribute("plugin_namespace", onnx.helper.make_attribute("", PLUGIN_NAMESPACE)),
             attribute("plugin_version", onnx.helper.make_attribute("", PLUGIN_VERSION)),
@@ -244,6 +252,38 @@ def _translate_index_put(
     )
 
 
+def _translate_center_sum(base: TFloat, center: INT64, values: TFloat) -> TFloat:
+    """``base.index_add(0, center, values)`` for the sums of edge rows onto their centers,
+    as a gather into a padded (atoms, width, ...) table and a ``ReduceSum`` over the width.
+
+    Each edge ``e`` goes to slot ``e - first[center[e]]`` of its center's row, ``first``
+    being the center's first edge; ``width`` is the largest slot + 1, the number of
+    neighbors when each center's edges are consecutive, as neighbor lists emit them. Any
+    order is summed exactly, in edge order; only the table grows with the spread of a
+    center's edges. Empty slots point at an appended zero row. ONNX Runtime runs the
+    gather and the reduction over whole rows, where ``ScatterElements`` adds one element
+    at a time (100x slower), and TensorRT parses all of it (it rejects a ``ScatterND``
+    with a reduction).
+    """
+    n_edges = op.Shape(center)
+    edges = op.Range(op.Constant(value_int=0), op.Squeeze(n_edges), op.Constant(value_int=1))
+    n_atoms = op.Shape(base, start=0, end=1)
+    first = op.ScatterElements(op.Expand(n_edges, n_atoms), center, edges, reduction="min")
+    slot = op.Sub(edges, op.Gather(first, center))
+    one = op.Constant(value_ints=[1])
+    width = op.Add(op.ReduceMax(op.Concat(slot, op.Constant(value_ints=[-1]), axis=0)), one)
+    table = op.ScatterElements(
+        op.Expand(n_edges, op.Mul(n_atoms, width)), op.Add(op.Mul(center, width), slot), edges
+    )
+    row_shape = op.Shape(values, start=1)
+    zero_row = op.Expand(
+        op.CastLike(op.Constant(value_float=0.0), values), op.Concat(one, row_shape, axis=0)
+    )
+    gathered = op.Gather(op.Concat(values, zero_row, axis=0), table, axis=0)
+    padded = op.Reshape(gathered, op.Concat(n_atoms, width, row_shape, axis=0), allowzero=1)
+    return op.Add(base, op.ReduceSum(padded, one, keepdims=0))
+
+
 def _translate_scalar_tensor(
     s: float,
     dtype: int = FLOAT.dtype,
@@ -255,24 +295,15 @@ def _translate_scalar_tensor(
     return op.Constant(value=ir.tensor(s, dtype=ir.DataType(dtype)))
 
 
-SCATTERS = ("elements", "nd")
-
-
-def translation_table(scatter: str = "elements") -> dict[Callable, Callable]:
-    """``custom_translation_table`` for ``torch.onnx.export``.
-
-    scatter: ``elements`` (sums become ``ScatterElements``) or ``nd`` (``ScatterND``).
-    """
-    if scatter not in SCATTERS:
-        raise ValueError(f"scatter must be one of {SCATTERS}, got {scatter!r}")
-    table = {
+def translation_table() -> dict[Callable, Callable]:
+    """``custom_translation_table`` for ``torch.onnx.export``."""
+    return {
         torch.ops.allegro.tensor_product.default: _translate_tensor_product,
         torch.ops.allegro.tensor_product_backward.default: _translate_tensor_product_backward,
+        torch.ops.allegro.center_sum.default: _translate_center_sum,
+        torch.ops.aten.index_put.default: _translate_index_put,
         torch.ops.aten.scalar_tensor.default: _translate_scalar_tensor,
     }
-    if scatter == "elements":
-        table[torch.ops.aten.index_put.default] = _translate_index_put
-    return table
 
 
 def function_protos() -> list[onnx.FunctionProto]:

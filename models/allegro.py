@@ -36,8 +36,14 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 class WeightedChannels(torch.nn.Module):
-    """Spread single-multiplicity irreps ``(n_edges, D)`` into ``U`` channels with one weight
-    per (channel, irrep): ``(n_edges, U * n_irreps)`` weights -> ``(n_edges, U, D)``."""
+    """Spread single-multiplicity irreps into ``U`` channels with one weight per
+    (channel, irrep), edges last: basis ``(D, n_edges)`` and weights
+    ``(n_edges, U * n_irreps)`` -> ``(U, D, n_edges)``.
+
+    Each component's weight is picked by a product with a ``(D, n_irreps)`` 0/1 matrix
+    rather than by indexing, so its input gradient is a product too (no scatter), and with
+    the edges last every broadcast runs along rows of edges.
+    """
 
     def __init__(self, irreps: o3.Irreps, channels: int) -> None:
         super().__init__()
@@ -51,8 +57,9 @@ class WeightedChannels(torch.nn.Module):
         return self.channels * self.num_irreps
 
     def forward(self, basis: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        weights = weights.reshape(-1, self.channels, self.num_irreps)
-        return basis.unsqueeze(1) * weights[:, :, self.irrep_of_component]
+        weights = weights.T.reshape(self.channels, self.num_irreps, weights.shape[0])
+        expansion = torch.nn.functional.one_hot(self.irrep_of_component, self.num_irreps)
+        return basis * torch.matmul(expansion.to(weights.dtype), weights)
 
 
 class AllegroModel(torch.nn.Module):
@@ -160,28 +167,33 @@ class AllegroModel(torch.nn.Module):
         sh = o3.spherical_harmonics(
             self.sh_irreps, edge_vectors, normalize=True, normalization="component"
         ).to(dtype)
+        sh_edges_last = sh.T
 
         # two-body embeddings
         type_embed = torch.cat(
             (self.center_embed(center_species), self.neighbor_embed(neighbor_species)), -1
         )
         twobody = self.scalar_embed_mlp(type_embed * self.basis_linear(self.bessel(x, dtype)))
-        tensor_features = self.weighted_channels(sh, self.tensor_embed_linear(twobody))
+        # The tensor track is kept edges last, (U, irreps dim, n_edges); the tensor products
+        # take and return (n_edges, U, irreps dim) views of it.
+        tensor_features = self.weighted_channels(sh_edges_last, self.tensor_embed_linear(twobody))
 
         # Allegro layers
-        projection = self.first_layer_projection(twobody)
-        scalar_features = [projection[:, :scalars]]
-        env_weights = projection[:, scalars:]
+        env_weights_numel = self.weighted_channels.weight_numel
+        first_scalars, env_weights = self.first_layer_projection(twobody).split(
+            [scalars, env_weights_numel], dim=1
+        )
+        scalar_features = [first_scalars]
         env_norm = self.env_norm[species].view(-1, 1, 1)
         for layer, (tp, latent) in enumerate(zip(self.tensor_products, self.latents, strict=True)):
-            env_edges = self.weighted_channels(sh, env_weights)
+            env_edges = self.weighted_channels(sh_edges_last, env_weights).permute(2, 0, 1)
             env = torch.zeros((n_atoms, *env_edges.shape[1:]), dtype=dtype, device=sh.device)
             env = env.index_add(0, center, env_edges) * env_norm
-            tensor_features = tp(tensor_features, env[center])
-            latents = latent(torch.cat([*scalar_features, tensor_features[:, :, 0]], -1))
-            scalar_features.append(latents[:, :scalars])
+            tensor_features = tp(tensor_features.permute(2, 0, 1), env[center]).permute(1, 2, 0)
+            latents = latent(torch.cat([*scalar_features, tensor_features[:, 0].T], -1))
             if layer < c.num_layers - 1:
-                env_weights = latents[:, scalars:]
+                latents, env_weights = latents.split([scalars, env_weights_numel], dim=1)
+            scalar_features.append(latents)
 
         # readout: edge energies summed onto centers
         edge_energy = self.readout(torch.cat(scalar_features, -1))

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from .precision import FULL_PRECISION, MatmulPolicy
+
 _NONLINEARITIES: dict[str | None, type[torch.nn.Module]] = {
     None: torch.nn.Identity,
     "silu": torch.nn.SiLU,
@@ -21,8 +23,11 @@ class ScalarMLP(torch.nn.Module):
     Weights are stored ``(in, out)`` and initialised uniform with unit variance; the
     effective weight is ``W·α`` with ``α = gain / sqrt(fan_in)`` (gain 1 on the first
     layer or without a nonlinearity, sqrt(2) otherwise). No bias keeps ``f(0) = 0``, which
-    the smoothness of the potential at the cutoff relies on.
+    the smoothness of the potential at the cutoff relies on. Each product follows
+    ``matmul_policy`` (see :mod:`~allegro_deploy.models.precision`).
     """
+
+    matmul_policy: MatmulPolicy = FULL_PRECISION
 
     def __init__(
         self,
@@ -56,7 +61,7 @@ class ScalarMLP(torch.nn.Module):
         """x: (n, input_dim) -> (n, output_dim)."""
         last = len(self.weights) - 1
         for layer, (weight, alpha) in enumerate(zip(self.weights, self.alphas, strict=True)):
-            x = torch.mm(x, weight * alpha)
+            x = self.matmul_policy.matmul(x, weight * alpha)
             if layer != last:
                 x = self.nonlinearity(x)
         return x

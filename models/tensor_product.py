@@ -16,6 +16,8 @@ import math
 import torch
 from e3nn import o3
 
+from .precision import FULL_PRECISION, MatmulPolicy
+
 
 def tensor_product(
     x1: torch.Tensor, x2: torch.Tensor, path_weights: torch.Tensor, cg: torch.Tensor
@@ -108,8 +110,12 @@ class ChannelwiseTensorProduct(torch.nn.Module):
 
     With ``path_channel_coupling`` the weights are (U, n_paths), one per channel and path;
     without it they are (n_paths,) and shared by all channels. Parameters and the CG buffer
-    take the default dtype at construction.
+    take the default dtype at construction. The product follows ``matmul_policy`` (see
+    :mod:`~allegro_deploy.models.precision`): its inputs x1, x2, path weights and CG
+    coefficients are its operands.
     """
+
+    matmul_policy: MatmulPolicy = FULL_PRECISION
 
     def __init__(
         self,
@@ -133,7 +139,8 @@ class ChannelwiseTensorProduct(torch.nn.Module):
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """x1: (n_edges, U, irreps_in.dim), x2: (n_edges, U, irreps_env.dim) -> (n_edges, U, K)."""
-        return tensor_product(x1, x2, self.path_weights(), self.cg)
+        policy = self.matmul_policy
+        return policy.result(tensor_product(*policy.operands(x1, x2, self.path_weights(), self.cg)))
 
     def extra_repr(self) -> str:
         return (

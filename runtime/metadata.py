@@ -3,8 +3,10 @@
 An exported file (see :mod:`allegro_deploy.exporters.onnx_export`) carries its model
 description in the ONNX ``metadata_props``: ``format`` (``allegro-deploy-onnx``),
 ``format_version``, ``species``, ``atomic_numbers``, ``r_max``, ``pair_cutoffs``,
-``dtype``, ``target``, ``inputs`` and ``outputs`` (JSON lists of tensor specs), and
-provenance keys. :func:`read_metadata` reads them straight from the protobuf bytes, in
+``dtype``, ``precision`` and ``precision_mode``, ``target``, ``inputs`` and ``outputs``
+(JSON lists of tensor specs), and provenance keys. Files written before ``precision``
+existed (format version 1 too) run at the full precision of their dtype.
+:func:`read_metadata` reads them straight from the protobuf bytes, in
 milliseconds even for large files, and checks that this runtime can run the file.
 """
 
@@ -22,6 +24,15 @@ FORMAT = "allegro-deploy-onnx"
 SUPPORTED_FORMAT_VERSIONS = (1,)
 TARGETS = ("structures", "pairs")
 DTYPES = ("float32", "float64")
+PRECISIONS = {
+    "fp64": "float64",
+    "fp32": "float32",
+    "tf32": "float32",
+    "fp16": "float32",
+    "bf16": "float32",
+}
+"""Precision of the matrix products -> the dtype it belongs to."""
+PRECISION_MODES = ("real", "emulated")
 
 # ONNX ModelProto field numbers (onnx.proto): metadata_props is a repeated
 # StringStringEntryProto {key = 1, value = 2}.
@@ -57,6 +68,10 @@ class ModelMetadata:
     r_max: Å, the largest cutoff.
     pair_cutoffs: Å, ``pair_cutoffs[center][neighbor]`` per species pair (<= r_max).
     dtype: float32 or float64, the precision of the network body.
+    precision: fp64, fp32, tf32, fp16 or bf16, the arithmetic of the matrix products of
+        the MLPs and tensor products (tf32: the engine must enable TF32).
+    precision_mode: ``real`` (products in the reduced type) or ``emulated`` (rounded in
+        float32).
     target: ``structures`` (ASE, i-PI, batched evaluation) or ``pairs`` (LAMMPS ML-IAP).
     format_version: version of the file layout.
     inputs, outputs: the graph's tensors in order.
@@ -68,6 +83,8 @@ class ModelMetadata:
     r_max: float
     pair_cutoffs: tuple[tuple[float, ...], ...]
     dtype: str
+    precision: str
+    precision_mode: str
     target: str
     format_version: int
     inputs: tuple[TensorSpec, ...]
@@ -124,6 +141,13 @@ class ModelMetadata:
             raise MetadataError(
                 f"{source} has unknown dtype {dtype!r}; this runtime knows {', '.join(DTYPES)}"
             )
+        precision = props.get("precision", "fp64" if dtype == "float64" else "fp32")
+        mode = props.get("precision_mode", "real")
+        if PRECISIONS.get(precision) != dtype or mode not in PRECISION_MODES:
+            raise MetadataError(
+                f"{source} has unknown precision {precision!r} ({mode!r}) for dtype {dtype}; "
+                f"this runtime knows {', '.join(PRECISIONS)} (real or emulated)"
+            )
         try:
             species = tuple(str(s) for s in _json(props, "species"))
             atomic_numbers = tuple(int(z) for z in _json(props, "atomic_numbers"))
@@ -146,6 +170,8 @@ class ModelMetadata:
             r_max=r_max,
             pair_cutoffs=pair_cutoffs,
             dtype=dtype,
+            precision=precision,
+            precision_mode=mode,
             target=target,
             format_version=version,
             inputs=inputs,

@@ -25,8 +25,8 @@ from .validation import StructureError, element_symbol, species_indices, validat
 
 DEFAULT_EDGE_BUDGET = 100_000
 """Most edges per graph evaluation. ONNX Runtime's working memory grows with the edges:
-about 20 kB per edge for the tutorial-size model in float32 (l_max 1, 64 scalar / 32
-tensor features), so about 2 GB at this budget."""
+about 27 kB per edge for the tutorial-size model in float32 (l_max 1, 64 scalar / 32
+tensor features; docs/performance.md), so about 2.7 GB at this budget."""
 DEFAULT_MIN_DISTANCE = 0.5
 """Å; atoms closer than this are refused (see ``validate_structure``)."""
 
@@ -254,15 +254,20 @@ class Potential:
         """Check ``item`` and build its neighbor list; errors name structure ``index``."""
         structure = Structure.from_atoms(item) if isinstance(item, ase.Atoms) else item
         try:
-            validate_structure(
-                structure.positions, structure.cell, structure.pbc, min_distance=self.min_distance
+            edges = validate_structure(
+                structure.positions,
+                structure.cell,
+                structure.pbc,
+                min_distance=self.min_distance,
+                cutoff=self.r_max,
             )
             species = species_indices(structure.atomic_numbers, self.atomic_numbers)
         except ValueError as error:
             if index is None:
                 raise
             raise type(error)(f"structure {index} ({structure.formula()}): {error}") from None
-        edges = neighbor_list(structure.positions, structure.cell, structure.pbc, self.r_max)
+        if self.min_distance > self.r_max:
+            edges = neighbor_list(structure.positions, structure.cell, structure.pbc, self.r_max)
         edge_index = np.stack([edges.centers, edges.neighbors])
         # Shift vectors in float64, from integer shifts and the float64 cell.
         edge_shifts = edges.shifts.astype(np.float64) @ structure.cell

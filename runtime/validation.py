@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from .neighbors import neighbor_list
+from .neighbors import NeighborList, neighbor_list
 
 # Element symbols indexed by atomic number (index 0 is a placeholder).
 CHEMICAL_SYMBOLS = (
@@ -42,16 +42,20 @@ def validate_structure(
     pbc: bool | npt.ArrayLike,
     *,
     min_distance: float = 0.5,
-) -> None:
+    cutoff: float = 0.0,
+) -> NeighborList:
     """Raise ``StructureError`` unless the structure is fit for a model evaluation.
 
     positions: (n_atoms, 3) Å.
     cell: (3, 3) Å, lattice vectors as rows; only rows along periodic directions matter.
     pbc: bool or (3,) bool.
     min_distance: Å, atoms (or periodic images) closer than this are rejected.
+    cutoff: Å, the cutoff of the neighbor list returned, at least ``min_distance``.
 
     Checks, in order: array shapes, finite positions and cell, a non-singular cell
     along the periodic directions, and no pair of atoms closer than ``min_distance``.
+    Returns the neighbor list the distances were checked on (cutoff
+    ``max(cutoff, min_distance)``), so that a model with that cutoff builds no second one.
     """
     positions = np.asarray(positions, dtype=np.float64)
     cell = np.asarray(cell, dtype=np.float64)
@@ -75,7 +79,9 @@ def validate_structure(
         raise StructureError(f"cell has non-finite entries along periodic directions:\n{cell}")
 
     _check_periodic_cell(cell, periodic)
-    _check_distances(positions, cell, periodic, min_distance)
+    edges = neighbor_list(positions, cell, periodic, max(cutoff, min_distance))
+    _check_distances(positions, cell, edges, min_distance)
+    return edges
 
 
 def _check_periodic_cell(cell: np.ndarray, periodic: np.ndarray) -> None:
@@ -98,14 +104,15 @@ def _check_periodic_cell(cell: np.ndarray, periodic: np.ndarray) -> None:
 
 
 def _check_distances(
-    positions: np.ndarray, cell: np.ndarray, periodic: np.ndarray, min_distance: float
+    positions: np.ndarray, cell: np.ndarray, edges: NeighborList, min_distance: float
 ) -> None:
-    """No two atoms, or an atom and a periodic image, closer than ``min_distance`` Å."""
-    edges = neighbor_list(positions, cell, periodic, min_distance)
-    if len(edges.centers) == 0:
-        return
+    """No two atoms, or an atom and a periodic image, closer than ``min_distance`` Å,
+    among the pairs of ``edges``."""
     vectors = positions[edges.neighbors] - positions[edges.centers] + edges.shifts @ cell
     distances = np.linalg.norm(vectors, axis=1)
+    too_close = int((distances < min_distance).sum())
+    if too_close == 0:
+        return
     closest = int(np.argmin(distances))
     center, neighbor = int(edges.centers[closest]), int(edges.neighbors[closest])
     shift = tuple(int(s) for s in edges.shifts[closest])
@@ -117,7 +124,7 @@ def _check_distances(
         pair = f"atoms {center} and {neighbor}"
     raise StructureError(
         f"{pair} are {distances[closest]:.4g} Å apart, closer than min_distance = "
-        f"{min_distance} Å ({len(distances) // 2} pair(s) too close)"
+        f"{min_distance} Å ({too_close // 2} pair(s) too close)"
     )
 
 

@@ -201,14 +201,20 @@ def test_file_passes_full_check_and_keeps_custom_nodes(exported, key) -> None:
         ("", OPSET_VERSION),
         (DOMAIN, 1),
     }
-    scatters = [n for n in proto.graph.node if n.op_type == "ScatterElements"]
-    assert scatters
-    assert all(
-        onnx.helper.get_attribute_value(a) == b"add"
-        for n in scatters
-        for a in n.attribute
-        if a.name == "reduction"
-    )
+
+    # TensorRT rejects ScatterND with a reduction; sums onto centers are padded gathers
+    def reductions(op_type: str) -> set[bytes]:
+        return {
+            onnx.helper.get_attribute_value(a)
+            for n in proto.graph.node
+            if n.op_type == op_type
+            for a in n.attribute
+            if a.name == "reduction"
+        }
+
+    assert reductions("ScatterND") <= {b"none"}
+    assert {b"min", b"none"} <= reductions("ScatterElements") <= {b"add", b"min", b"none"}
+    assert "ReduceMax" in [n.op_type for n in proto.graph.node]
     meta = read_metadata(proto)
     assert (meta["dtype"], meta["target"]) == key
     names = [s["name"] for s in meta["inputs"]], [s["name"] for s in meta["outputs"]]
@@ -452,8 +458,26 @@ class _Scatter(torch.nn.Module):
         return rows.index_add(0, index, src), columns
 
 
-@pytest.mark.parametrize("scatter", ["elements", "nd"])
-def test_scatter_add_sums_repeated_indices(scatter: str) -> None:
+def _export_for_test(
+    module: torch.nn.Module, example: tuple, dynamic: tuple
+) -> ort.InferenceSession:
+    exported = torch.export.export(module, example, dynamic_shapes=dynamic)
+    program = torch.onnx.export(
+        exported,
+        dynamo=True,
+        custom_translation_table=translation_table(),
+        opset_version=OPSET_VERSION,
+    )
+    assert "ScatterND" not in [n.op_type for n in program.model_proto.graph.node]
+    return ort.InferenceSession(program.model_proto.SerializeToString())
+
+
+def _run(session: ort.InferenceSession, inputs: tuple) -> list[np.ndarray]:
+    names = [i.name for i in session.get_inputs()]
+    return session.run(None, {k: v.numpy() for k, v in zip(names, inputs, strict=True)})
+
+
+def test_scatter_add_sums_repeated_indices() -> None:
     module = _Scatter()
     edges = torch.export.Dim("edges")
     example = (
@@ -462,29 +486,46 @@ def test_scatter_add_sums_repeated_indices(scatter: str) -> None:
         torch.tensor([2, 0, 2, 2]),
         torch.tensor(4),
     )
-    exported = torch.export.export(
-        module, example, dynamic_shapes=({0: edges}, {0: edges}, None, None)
-    )
-    program = torch.onnx.export(
-        exported,
-        dynamo=True,
-        custom_translation_table=translation_table(scatter),
-        opset_version=OPSET_VERSION,
-    )
-    ops = [n.op_type for n in program.model_proto.graph.node]
-    used, unused = ("ScatterElements", "ScatterND")[:: 1 if scatter == "elements" else -1]
-    assert ops.count(used) == 2 and unused not in ops
-    session = ort.InferenceSession(program.model_proto.SerializeToString())
+    session = _export_for_test(module, example, ({0: edges}, {0: edges}, None, None))
     inputs = (
         torch.randn(7, 2, 4, dtype=torch.float64),
         torch.tensor([1, 1, 1, 3, 0, 1, 1]),  # repeated, unsorted, row 2 never hit
         torch.tensor([1, 1, 0, 1]),
         torch.tensor(5),
     )
-    names = [i.name for i in session.get_inputs()]
-    got = session.run(None, {k: v.numpy() for k, v in zip(names, inputs, strict=True)})
-    for a, b in zip(got, module(*inputs), strict=True):
+    for a, b in zip(_run(session, inputs), module(*inputs), strict=True):
         np.testing.assert_allclose(a, b.numpy(), rtol=1e-14, atol=1e-14)
+
+
+class _CenterSum(torch.nn.Module):
+    """``allegro::center_sum`` onto a base of ``n`` rows."""
+
+    def forward(self, values: torch.Tensor, center: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        n_rows = n.item()
+        torch._check(n_rows >= 0)
+        base = torch.ones((n_rows, *values.shape[1:]), dtype=values.dtype)
+        return torch.ops.allegro.center_sum(base, center, values)
+
+
+@pytest.mark.parametrize(
+    "center",
+    [
+        [0, 0, 0, 1, 1, 3, 3, 3, 3],  # grouped, row 2 never hit
+        [3, 0, 1, 3, 0, 3, 1, 0, 3],  # any order is summed exactly
+        [2] * 9,
+        [],
+    ],
+    ids=["grouped", "unordered", "one-row", "no-edges"],
+)
+def test_center_sum_is_index_add_in_any_order(center: list[int]) -> None:
+    module = _CenterSum()
+    edges = torch.export.Dim("edges")
+    example = (torch.randn(6, 2, 4, dtype=torch.float64), torch.tensor([0, 0, 1, 2, 2, 2]))
+    session = _export_for_test(module, (*example, torch.tensor(3)), ({0: edges}, {0: edges}, None))
+    index = torch.tensor(center, dtype=torch.int64)
+    inputs = (torch.randn(len(center), 2, 4, dtype=torch.float64), index, torch.tensor(5))
+    (got,) = _run(session, inputs)
+    np.testing.assert_allclose(got, module(*inputs).numpy(), rtol=1e-14, atol=1e-14)
 
 
 # --------------------------------------------------------------------------- failure
@@ -494,7 +535,7 @@ def test_scatter_add_sums_repeated_indices(scatter: str) -> None:
 def converted(exported, monkeypatch) -> None:
     """Make ``to_onnx`` return the graphs already exported (skips the slow conversion)."""
 
-    def to_onnx(model: AllegroModel, target: str, scatter: str) -> onnx.ModelProto:
+    def to_onnx(model: AllegroModel, target: str) -> onnx.ModelProto:
         return onnx.load(exported[model.config.model_dtype, target])
 
     monkeypatch.setattr(onnx_export, "to_onnx", to_onnx)

@@ -210,6 +210,26 @@ def test_min_distance_is_configurable(files: dict[str, Path]) -> None:
     assert np.isfinite(lenient.evaluate(close).energy)
 
 
+def test_one_neighbor_list_per_structure(potential: Potential, monkeypatch) -> None:
+    """The distance check and the model share one neighbor list (the model's cutoff)."""
+    from allegro_deploy.runtime import potential as potential_module
+    from allegro_deploy.runtime import validation
+
+    cutoffs = []
+
+    def counting(*args: object) -> object:
+        cutoffs.append(args[3])
+        return neighbors(*args)
+
+    neighbors = validation.neighbor_list
+    monkeypatch.setattr(validation, "neighbor_list", counting)
+    monkeypatch.setattr(potential_module, "neighbor_list", counting)
+    reference = potential.evaluate(copper(1))
+    assert cutoffs == [potential.r_max]
+    monkeypatch.undo()
+    np.testing.assert_array_equal(potential.evaluate(copper(1)).forces, reference.forces)
+
+
 def rewrite_metadata(source: Path, destination: Path, **changes: str | None) -> Path:
     """Copy of ``source`` with metadata entries changed (None: removed)."""
     proto = onnx.load(source)

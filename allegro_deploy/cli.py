@@ -350,13 +350,209 @@ def md(
     show_default=True,
     help="structures: ASE, i-PI, batches; pairs: LAMMPS ML-IAP.",
 )
-def export(checkpoint: Path, output: Path, dtype: str | None, target: str) -> None:
+@click.option(
+    "--precision",
+    type=click.Choice(["fp64", "fp32", "tf32", "fp16", "bf16"]),
+    help="Matrix products of the MLPs and tensor products (default: the dtype's full "
+    "precision); tf32, fp16 and bf16 export float32 with float32 accumulation.",
+)
+@click.option(
+    "--emulate",
+    is_flag=True,
+    help="Round in float32 instead of a strongly typed reduced graph (for CPUs).",
+)
+def export(
+    checkpoint: Path,
+    output: Path,
+    dtype: str | None,
+    target: str,
+    precision: str | None,
+    emulate: bool,
+) -> None:
     """Export CHECKPOINT's energy, forces and virial to ONNX, verified with ONNX Runtime."""
     from allegro_deploy.exporters.onnx_export import ExportError, export_checkpoint
     from allegro_deploy.models.checkpoint import CheckpointError
 
     try:
-        report = export_checkpoint(checkpoint, output, target=target, dtype=dtype, log=click.echo)
+        report = export_checkpoint(
+            checkpoint,
+            output,
+            target=target,
+            dtype=dtype,
+            precision=precision,
+            emulate=emulate,
+            log=click.echo,
+        )
     except (ExportError, CheckpointError) as error:
         raise click.ClickException(str(error)) from error
     click.echo(report.summary())
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--data",
+    "data_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Structures (any ASE-readable file); its energy/forces/stress labels are used too.",
+)
+@click.option(
+    "--precisions",
+    help="For a checkpoint: comma-separated, of fp64,fp32,tf32,fp16,bf16 (default: all).",
+)
+@click.option(
+    "--reference",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="For an .onnx MODEL: checkpoint or float64 export giving the float64 reference.",
+)
+@click.option("--max-structures", type=click.IntRange(min=1), help="Check the first N only.")
+@click.option(
+    "--md-steps",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="NVE steps (1 fs, 300 K) from the largest structure per precision, for the drift.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("check"),
+    show_default=True,
+    help="Folder for report.json, report.md and the figures.",
+)
+@click.option(
+    "--threshold",
+    "thresholds",
+    multiple=True,
+    help="METRIC=VALUE, repeatable, e.g. force_rmse=5 (meV/Å): fail above it. Metrics: "
+    "energy_mae energy_max (meV/atom), force_mae force_rmse force_max (meV/Å), "
+    "force_relative, stress_mae stress_max (meV/Å³), drift (meV/atom/ps).",
+)
+def check(
+    model: Path,
+    data_file: Path,
+    precisions: str | None,
+    reference: Path | None,
+    max_structures: int | None,
+    md_steps: int,
+    out: Path,
+    thresholds: tuple[str, ...],
+) -> None:
+    """Errors of MODEL (a checkpoint or an .onnx export) at reduced precisions against a
+    float64 reference and the labels of --data; exit status 1 when a threshold is exceeded.
+
+    A checkpoint is exported at each precision; without a GPU, tf32/fp16/bf16 are emulated
+    on CPU (every matrix-product input rounded to the format, float32 accumulation).
+    """
+    from allegro_deploy.check import parse_threshold, run_check
+
+    report = run_check(
+        model,
+        data_file,
+        out,
+        precisions=None if precisions is None else [p.strip() for p in precisions.split(",")],
+        reference=reference,
+        max_structures=max_structures,
+        md_steps=md_steps,
+        thresholds=dict(parse_threshold(t) for t in thresholds),
+    )
+    click.echo(
+        f"wrote {out / 'report.json'}, {out / 'report.md'} and {len(report.figures)} figures"
+    )
+    if report.failures:
+        raise click.ClickException("threshold exceeded: " + "; ".join(report.failures))
+
+
+def _parse_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    """``"108,864"`` -> ``(108, 864)``, each at least 1."""
+    try:
+        sizes = tuple(int(item) for item in value.split(","))
+    except ValueError as error:
+        raise click.BadParameter("expected comma-separated atom counts, e.g. 108,864") from error
+    if min(sizes) < 1:
+        raise click.BadParameter(f"sizes must be at least 1 atom, got {value}")
+    return sizes
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--sizes",
+    callback=_parse_sizes,
+    default="108,864,4000",
+    show_default=True,
+    help="Atoms of each fcc cell (rounded to the nearest 4·n1·n2·n3), comma-separated.",
+)
+@click.option("--element", help="Metal of the fcc cells (default: the model's first metal).")
+@click.option(
+    "--molecules",
+    type=click.IntRange(min=0),
+    default=64,
+    show_default=True,
+    help="21-atom molecules timed in one call and in one call each (0: none).",
+)
+@click.option(
+    "--backends",
+    help="Comma-separated subset of official, torch, ort-cpu, ort-cuda, tensorrt (default: all).",
+)
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: per core).")
+@click.option(
+    "--memory/--no-memory",
+    default=True,
+    show_default=True,
+    help="Measure peak memory in a fresh process per backend and workload.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write bench.json and bench_scaling.png here.",
+)
+def bench(
+    model: Path,
+    sizes: tuple[int, ...],
+    element: str | None,
+    molecules: int,
+    backends: str | None,
+    repeats: int,
+    warmup: int,
+    threads: int | None,
+    memory: bool,
+    out: Path | None,
+) -> None:
+    """Time energy + forces of MODEL (checkpoint or .onnx) on every backend available here."""
+    import sys
+    import tempfile
+
+    from rich.console import Console
+
+    from allegro_deploy.bench import backend_specs, default_cases, load_model, run_bench
+
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    torch_model = load_model(model)
+    cases = default_cases(torch_model.species, sizes, molecules, element)
+    with tempfile.TemporaryDirectory(prefix="allegro-bench-") as workdir:
+        only = [name.strip() for name in backends.split(",")] if backends else None
+        specs, unavailable = backend_specs(
+            model, torch_model, workdir, threads, only, log=lambda line: console.print(line)
+        )
+        report = run_bench(
+            specs,
+            cases,
+            torch_model,
+            repeats=repeats,
+            warmup=warmup,
+            memory=memory,
+            threads=threads,
+            unavailable=unavailable,
+            source=model,
+            console=console,
+        )
+    console.print(report.table())
+    for name, why in report.unavailable.items():
+        console.print(f"not run: {name}: {why}")
+    if out is not None:
+        for path in report.write(out):
+            console.print(f"wrote {path}")

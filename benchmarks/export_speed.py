@@ -1,11 +1,11 @@
-"""Export cost and ONNX Runtime CPU speed of the tutorial-size model against torch eager.
+"""Export cost of the tutorial-size model, and its ONNX Runtime CPU speed against torch eager.
 
 Model: l_max 1, 2 layers, 64 scalar / 32 tensor features, MLPs 1 x 64, readout 1 x 64,
-float32, r_max 5 Å, random weights. Structure: 864-atom fcc Cu (a = 3.6 Å, 6 x 6 x 6
-conventional cells) rattled by 0.05 Å, ~37k directed edges. One call = energy + forces
-(+ virial) from a prebuilt neighbor list. Both backends run with 2 threads in this one
-process; repeats are interleaved and the median is reported, with the ratio. The model is
-exported twice: sums over atoms as ScatterElements (the default) and as ScatterND.
+float32, r_max 5 Å, random weights. Prints the export's phases, file size and op census,
+then times energy + forces of 864-atom rattled fcc Cu (a = 3.6 Å, 6 x 6 x 6 conventional
+cells, ~37k directed edges) on both backends in this one process with ``allegro_deploy.bench``
+(interleaved repeats, medians, % of the FLOP floor). A quick check: the comparison with the
+official model and the larger model is ``cpu_speed.py``.
 
     python benchmarks/export_speed.py [--repeats 15] [--threads 2] [--out DIR]
 """
@@ -13,18 +13,17 @@ exported twice: sums over atoms as ScatterElements (the default) and as ScatterN
 from __future__ import annotations
 
 import argparse
-import functools
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import ase.build
-import numpy as np
 import torch
+from rich.console import Console
 
-from allegro_deploy.exporters.onnx_export import export_model, ort_session, structures_inputs
-from allegro_deploy.models import AllegroModel, AtomicGraph, ModelConfig
+from allegro_deploy.bench import BackendSpec, Case, run_bench
+from allegro_deploy.exporters.onnx_export import export_model
+from allegro_deploy.models import AllegroModel, ModelConfig
+from allegro_deploy.models.checkpoint import save_checkpoint
 
 CONFIG = ModelConfig(
     species=("Cu",),
@@ -45,86 +44,36 @@ CONFIG = ModelConfig(
 )
 
 
-def fcc_cell(seed: int = 0) -> ase.Atoms:
-    """864-atom rattled fcc Cu."""
-    atoms = ase.build.bulk("Cu", "fcc", a=3.6, cubic=True).repeat((6, 6, 6))
-    atoms.rattle(stdev=0.05, seed=seed)
-    return atoms
-
-
-def gemm_flops(model: AllegroModel, n_edges: int) -> float:
-    """FLOPs of the GEMMs and tensor products of one energy + input-gradient evaluation.
-
-    Forward: every MLP layer (2·in·out per edge) and tensor product (2·U·I·J·K per edge);
-    the input-gradient backward costs one more GEMM per MLP layer and two more
-    contractions per tensor product.
-    """
-    mlp = sum(
-        2 * w.shape[0] * w.shape[1]
-        for name, w in model.named_parameters()
-        if "weights." in name and w.dim() == 2
-    )
-    tp = sum(
-        2 * m.channels * m.cg.shape[1] * m.cg.shape[2] * m.cg.shape[3]
-        for m in model.tensor_products
-    )
-    return n_edges * (2 * mlp + 3 * tp)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, help="keep the exported files here")
+    parser.add_argument("--out", type=Path, help="keep the checkpoint and exported file here")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = AllegroModel(CONFIG).eval()
     folder = args.out or Path(tempfile.mkdtemp(prefix="allegro-export-"))
+    checkpoint, path = folder / "tutorial.safetensors", folder / "tutorial_float32.onnx"
+    save_checkpoint(checkpoint, model)
 
-    paths = {}
-    for scatter in ("elements", "nd"):
-        paths[scatter] = folder / f"tutorial_float32_structures_{scatter}.onnx"
-        start = time.perf_counter()
-        report = export_model(model, paths[scatter], scatter=scatter, log=print)
-        print(report.summary())
-        print(
-            f"scatter={scatter}: export total {time.perf_counter() - start:.1f} s, "
-            f"file {report.size_bytes / 1e6:.2f} MB, nodes by op type: "
-            + ", ".join(f"{op} {n}" for op, n in report.op_counts.items())
-        )
-
-    atoms = fcc_cell()
-    graph = AtomicGraph.from_atoms([atoms], CONFIG.atomic_numbers, CONFIG.r_max)
-    print(f"structure: {graph.n_atoms} atoms, {graph.n_edges} edges")
-    inputs = [t.numpy() for t in structures_inputs(graph)]
-    runs = {}
-    for scatter, path in paths.items():
-        session = ort_session(path, threads=args.threads)
-        feeds = {i.name: x for i, x in zip(session.get_inputs(), inputs, strict=True)}
-        runs[f"onnxruntime ({scatter})"] = functools.partial(
-            lambda s, f: s.run(["energy", "forces"], f)[1], session, feeds
-        )
-    runs["torch eager"] = lambda: model(graph)["forces"].detach().numpy()
-
-    reference = runs["torch eager"]()
-    for name, run in runs.items():  # warm-up and agreement
-        error = np.abs(run() - reference).max() / np.abs(reference).max()
-        print(f"forces, {name} vs torch eager: {error:.1e} relative")
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    flops = gemm_flops(model, graph.n_edges)
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    print(f"energy + forces, {args.threads} threads, median of {args.repeats} interleaved:")
-    for name, seconds in medians.items():
-        print(
-            f"  {name:<24} {seconds * 1e3:8.1f} ms  x{medians['torch eager'] / seconds:4.2f} "
-            f"vs eager  ({flops / seconds / 1e9:5.1f} GFLOP/s of {flops / 1e9:.2f} GFLOP)"
-        )
+    start = time.perf_counter()
+    report = export_model(model, path, log=print)
+    print(report.summary())
+    print(
+        f"export total {time.perf_counter() - start:.1f} s, file {report.size_bytes / 1e6:.2f} MB, "
+        "nodes by op type: " + ", ".join(f"{op} {n}" for op, n in report.op_counts.items())
+    )
+    specs = [
+        BackendSpec("torch", str(checkpoint), args.threads),
+        BackendSpec("ort-cpu", str(path), args.threads),
+    ]
+    copper = Case("fcc", 864, ("Cu",))
+    console = Console(width=140)
+    bench = run_bench(
+        specs, [copper], model, repeats=args.repeats, memory=False, threads=args.threads,
+        source="tutorial", console=console,
+    )  # fmt: skip
+    console.print(bench.table())
 
 
 if __name__ == "__main__":

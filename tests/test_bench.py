@@ -1,0 +1,155 @@
+"""``allegro-deploy bench``: end to end on a tiny model, the memory probe and the FLOP count.
+
+No timing is asserted: only that every part runs, reports what it should and agrees.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from exported_models import small_model
+from torch.utils.flop_counter import FlopCounterMode
+
+from allegro_deploy.bench import (
+    BackendSpec,
+    Case,
+    gemm_flops,
+    load_official,
+    peak_memory,
+    run_bench,
+)
+from allegro_deploy.cli import main
+from allegro_deploy.models.checkpoint import save_checkpoint
+from allegro_deploy.models.mlp import ScalarMLP
+from allegro_deploy.models.official import model_from_official
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bench") / "tiny.safetensors"
+    save_checkpoint(path, small_model("float32"))
+    return path
+
+
+def test_bench_from_checkpoint_writes_table_json_and_plot(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    args = ["bench", str(checkpoint), "--sizes", "32", "--molecules", "2", "--repeats", "1"]
+    args += ["--threads", "1", "--no-memory", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "fcc Cu" in result.output and "2× 21-atom clusters" in result.output
+    assert "not run: official: model did not come from nequip-allegro" in result.output
+    assert "not run: tensorrt: tensorrt not installed" in result.output
+
+    report = json.loads((out / "bench.json").read_text())
+    assert report["backends"] == ["torch", "ort-cpu"] and report["baseline"] == "torch"
+    assert set(report["unavailable"]) == {"official", "ort-cuda", "tensorrt"}
+    assert report["machine"]["gemm_float32_flop_per_s"] > 0
+    rows = report["rows"]
+    assert {(r["backend"], r["case"]) for r in rows} == {
+        (backend, case)
+        for backend in ("torch", "ort-cpu")
+        for case in ("fcc Cu", "2× 21-atom clusters, 1 call", "2× 21-atom clusters, 2 calls")
+    }
+    for row in rows:
+        assert len(row["times"]) == 1 and row["median_s"] > 0 and row["atom_steps_per_s"] > 0
+        assert row["n_atoms"] == (32 if row["kind"] == "fcc" else 42)
+        assert row["flops"] > 0 and row["peak_memory"] is None
+        assert row["force_deviation"] < 1e-5  # float32 export against float32 torch
+    assert (out / "bench_scaling.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sizes", "0,32"], "sizes must be at least 1 atom"),
+        (["--element", "Au"], "element Au is not one of the model's species (Cu, O)"),
+        (["--backends", "torch,jax"], "unknown backend(s) ['jax']"),
+    ],
+)
+def test_bad_input_is_refused_in_one_line(checkpoint: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["bench", str(checkpoint), *args])
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_unknown_file_type_is_refused(tmp_path: Path) -> None:
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"\0")
+    result = CliRunner().invoke(main, ["bench", str(model)])
+    assert result.exit_code == 1
+    assert "neither a checkpoint (.safetensors) nor an exported model (.onnx)" in result.output
+
+
+def test_peak_memory_of_one_call_in_a_fresh_process(checkpoint: Path) -> None:
+    spec = BackendSpec("torch", str(checkpoint), threads=1)
+    assert 0 < peak_memory(spec, Case("fcc", 108, ("Cu",))) < 2**30
+
+
+def counted_flops(module: torch.nn.Module, *inputs: torch.Tensor) -> int:
+    """FLOPs torch counts for ``module``'s forward and the gradient of its output sum with
+    respect to ``inputs`` (made non-leaf: the counter's hooks refuse gradients of leaves)."""
+    inputs = tuple(x.requires_grad_(True) * 1.0 for x in inputs)
+    with FlopCounterMode(display=False) as counter:
+        torch.autograd.grad(module(*inputs).sum(), inputs)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gemm_flops_equal_torch_flop_counter(dtype: str) -> None:
+    """The count is the sum over the model's MLPs and tensor products of what torch counts
+    for each on the same number of edges (forward + input gradient)."""
+    model = small_model(dtype)
+    n_edges = 50
+    dtype_ = model.dtype
+    expected = sum(
+        counted_flops(mlp, torch.randn(n_edges, mlp.dims[0], dtype=dtype_))
+        for mlp in model.modules()
+        if isinstance(mlp, ScalarMLP)
+    )
+    for tp in model.tensor_products:
+        x1 = torch.randn(n_edges, tp.channels, tp.irreps_in.dim, dtype=dtype_)
+        x2 = torch.randn(n_edges, tp.channels, tp.irreps_env.dim, dtype=dtype_)
+        expected += counted_flops(tp, x1, x2)
+    assert gemm_flops(model, n_edges) == expected
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_official_backend_agrees_with_ours_on_the_same_weights(tmp_path: Path) -> None:
+    """The official model (built by nequip from its config) and our conversion of it, on a
+    periodic cell and on a batch of molecules, in one and in separate calls."""
+    pytest.importorskip("allegro")
+    config = {
+        "_target_": "allegro.model.AllegroModel",
+        "seed": 1,
+        "model_dtype": "float64",
+        "type_names": ["H", "C", "O"],
+        "r_max": 4.0,
+        "l_max": 1,
+        "radial_chemical_embed": {"_target_": "allegro.nn.TwoBodyBesselScalarEmbed"},
+        "num_layers": 2,
+        "num_scalar_features": 8,
+        "num_tensor_features": 4,
+        "avg_num_neighbors": 10.0,
+        "per_type_energy_scales": 1.0,
+        "per_type_energy_shifts": 0.0,
+    }
+    checkpoint = tmp_path / "converted.safetensors"
+    ours = model_from_official(config, load_official(config).state_dict())
+    save_checkpoint(checkpoint, ours)
+    specs = [
+        BackendSpec("official", str(checkpoint), 1, official_config=config),
+        BackendSpec("torch", str(checkpoint), 1),
+    ]
+    cases = [
+        Case("fcc", 4, ("C",)),
+        *(Case("molecules", 2, ours.species, s) for s in (False, True)),
+    ]
+    report = run_bench(specs, cases, ours, repeats=1, memory=False, threads=1)
+    assert report.baseline == "official"
+    for row in report.rows:
+        assert row.force_deviation < 1e-10, (row.backend, row.case)

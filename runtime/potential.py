@@ -2,20 +2,22 @@
 
 :class:`Potential` runs a ``structures`` export (see
 :mod:`allegro_deploy.exporters.onnx_export`): many structures are concatenated into one
-graph and evaluated in one call, in chunks of whole structures under an edge budget, and
-the outputs are split back per structure as :class:`Result` objects.
+graph and evaluated in one call, in batches under an edge budget, and the outputs are
+split back per structure as :class:`Result` objects. A structure with more edges than the
+budget is evaluated in pieces of consecutive centers (Allegro is strictly local: an
+atom's energy depends only on the edges centered on it), each with only its centers'
+edges and the atoms those reach; forces and virials add up over the pieces.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import overload
 
 import ase
 import numpy as np
-import numpy.typing as npt
 import onnxruntime as ort
 
 from .backends import Session, open_session
@@ -24,14 +26,28 @@ from .neighbors import neighbor_list
 from .validation import StructureError, element_symbol, species_indices, validate_structure
 
 DEFAULT_EDGE_BUDGET = 100_000
-"""Most edges per graph evaluation. ONNX Runtime's working memory grows with the edges:
-about 27 kB per edge for the tutorial-size model in float32 (l_max 1, 64 scalar / 32
-tensor features; docs/performance.md), so about 2.7 GB at this budget."""
+"""Most edges per graph evaluation (a single center with more edges is evaluated alone).
+ONNX Runtime's working memory grows with the edges of one evaluation: 28-30 kB per edge
+for the tutorial-size model in float32 (l_max 1, 64 scalar / 32 tensor features; peak RSS
+with ONNX Runtime's memory arena, docs/performance.md §5), about 2.8 GiB at this budget for
+any structure size: 100k-atom fcc Cu (4.3M edges, 44 pieces) peaked at 2.8 GiB above the
+loaded model, 3.1 GiB in all."""
 DEFAULT_MIN_DISTANCE = 0.5
 """Å; atoms closer than this are refused (see ``validate_structure``)."""
 
-_INPUTS = ("positions", "species", "edge_index", "edge_shifts", "structure_index", "n_structures")
-_OUTPUTS = ("energy", "atomic_energies", "forces", "virial")
+_INPUTS = {
+    "positions": "float64",
+    "species": "int64",
+    "edge_index": "int64",
+    "edge_shifts": "float64",
+    "structure_index": "int64",
+    "n_structures": "int64",
+}
+"""The inputs fed, with the dtypes the runtime builds them in (checked against the file
+once, at load)."""
+_OUTPUTS = ("atomic_energies", "forces", "virial")
+"""The outputs read: a structure's energy is the sum of the atomic energies of its own
+atoms (an evaluation's ``energy`` output also counts the energy shifts of ghost atoms)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,9 +131,10 @@ class Result:
 
 @dataclass(frozen=True)
 class _Graph:
-    """One structure's part of a model input: species indices and edges within it.
+    """One structure checked for a model: species indices and edges within it.
 
-    species: (N,) int64. edge_index: (2, E) int64 (center, neighbor), structure-local.
+    species: (N,) int64. edge_index: (2, E) int64 (center, neighbor), structure-local,
+    grouped by center in ascending order (as :func:`neighbor_list` sorts them).
     edge_shifts: (E, 3) float64 Å, ``shift @ cell`` of each edge.
     """
 
@@ -129,6 +146,67 @@ class _Graph:
     @property
     def n_edges(self) -> int:
         return self.edge_index.shape[1]
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """The centers ``first:stop`` of structure ``owner`` (its index in the call) with the
+    edges centered on them: one structure of a graph evaluation.
+
+    Its atoms are the centers, then the ghosts: (G,) int64 sorted indices of the atoms
+    outside ``first:stop`` that the edges reach. Allegro is strictly local (an atom's
+    energy depends only on the edges centered on it), so the centers' atomic energies are
+    exact. Ghosts only serve as neighbors: with no edge centered on them, their atomic
+    energy in the evaluation is just their species' energy shift and is dropped (the
+    center that owns them elsewhere supplies it); the forces on them from the piece's
+    edges are kept.
+    edge_index: (2, E) int64 into the piece's atoms. edge_shifts: (E, 3) float64 Å.
+    """
+
+    graph: _Graph
+    owner: int
+    first: int
+    stop: int
+    ghosts: np.ndarray
+    edge_index: np.ndarray
+    edge_shifts: np.ndarray
+
+    @property
+    def n_atoms(self) -> int:
+        return self.stop - self.first + len(self.ghosts)
+
+    @property
+    def n_edges(self) -> int:
+        return self.edge_index.shape[1]
+
+    def gather(self, values: np.ndarray) -> np.ndarray:
+        """Per-atom ``values`` (N, ...) of the structure for the piece's atoms."""
+        own = values[self.first : self.stop]
+        return np.concatenate([own, values[self.ghosts]]) if len(self.ghosts) else own
+
+
+@dataclass(frozen=True)
+class _Totals:
+    """One structure's outputs summed over its pieces (float64).
+
+    atomic_energies: (N,) eV. forces: (N, 3) eV/Å. virial: (3, 3) eV.
+    """
+
+    atomic_energies: np.ndarray
+    forces: np.ndarray
+    virial: np.ndarray
+
+    def result(self, structure: Structure) -> Result:
+        stress = None
+        if structure.periodic:
+            stress = -self.virial / abs(np.linalg.det(structure.cell))
+        return Result(
+            energy=float(self.atomic_energies.sum()),
+            atomic_energies=self.atomic_energies,
+            forces=self.forces,
+            virial=self.virial,
+            stress=stress,
+        )
 
 
 StructureLike = ase.Atoms | Structure
@@ -161,13 +239,24 @@ class Potential:
         missing += [n for n in _OUTPUTS if n not in session.output_names]
         if missing:
             raise MetadataError(f"{session.path} lacks the tensors {missing} of its target")
+        dtypes = {spec.name: spec.dtype for spec in metadata.inputs}
+        wrong = {n: dtypes.get(n) for n, dtype in _INPUTS.items() if dtypes.get(n) != dtype}
+        if wrong:
+            raise MetadataError(
+                f"{session.path} has inputs of dtypes {wrong}; this runtime feeds "
+                f"{ {n: _INPUTS[n] for n in wrong} }"
+            )
         if edge_budget < 1:
             raise ValueError(f"edge_budget must be >= 1, got {edge_budget}")
         self.session = session
         self.metadata = metadata
         self.edge_budget = edge_budget
         self.min_distance = min_distance
-        self._input_dtypes = {s.name: np.dtype(s.dtype) for s in metadata.inputs}
+        # Species index by atomic number (-1: not the model's), with a last entry of -1
+        # for atomic numbers out of range.
+        numbers = np.array(metadata.atomic_numbers, dtype=np.int64)
+        self._species_of = np.full(numbers.max(initial=0) + 2, -1, dtype=np.int64)
+        self._species_of[numbers] = np.arange(len(numbers))
         cutoffs = np.array(metadata.pair_cutoffs, dtype=np.float64)
         # Edges beyond their pair's cutoff contribute exactly zero: drop them.
         self._pair_cutoffs = None if (cutoffs >= metadata.r_max).all() else cutoffs
@@ -188,8 +277,9 @@ class Potential:
 
         backend, threads, device_id, session_options: see
             :func:`~allegro_deploy.runtime.backends.open_session`.
-        edge_budget: most edges per graph evaluation; more are split into chunks of whole
-            structures (a structure with more edges runs alone). Results do not depend on it.
+        edge_budget: most edges per graph evaluation (see :data:`DEFAULT_EDGE_BUDGET`):
+            structures are batched up to it, and a structure with more edges is evaluated
+            in pieces of consecutive centers. Results do not depend on it (to round-off).
         min_distance: Å, atoms closer than this are refused.
         Raises :class:`MetadataError` for a file that is not a ``structures`` export this
         runtime reads (a ``pairs`` export is for the LAMMPS ML-IAP adapter).
@@ -246,9 +336,8 @@ class Potential:
         singular periodic cell) or ``UnknownSpeciesError``, naming the structure.
         """
         if isinstance(structures, StructureLike):
-            return self._run(self._graph(structures, None))[0]
-        graphs = [self._graph(item, k) for k, item in enumerate(structures)]
-        return [result for chunk in self._chunks(graphs) for result in self._run(*chunk)]
+            return self._evaluate([self._graph(structures, None)])[0]
+        return self._evaluate([self._graph(item, k) for k, item in enumerate(structures)])
 
     def _graph(self, item: StructureLike, index: int | None) -> _Graph:
         """Check ``item`` and build its neighbor list; errors name structure ``index``."""
@@ -261,7 +350,12 @@ class Potential:
                 min_distance=self.min_distance,
                 cutoff=self.r_max,
             )
-            species = species_indices(structure.atomic_numbers, self.atomic_numbers)
+            numbers = structure.atomic_numbers
+            lookup = np.where((numbers >= 0) & (numbers < len(self._species_of)), numbers, -1)
+            species = self._species_of[lookup]
+            if (species < 0).any():
+                # raises UnknownSpeciesError naming the unknown elements
+                species_indices(numbers, self.atomic_numbers)
         except ValueError as error:
             if index is None:
                 raise
@@ -282,54 +376,82 @@ class Potential:
             edge_index, edge_shifts = edge_index[:, keep], edge_shifts[keep]
         return _Graph(structure, species, edge_index, edge_shifts)
 
-    def _chunks(self, graphs: Sequence[_Graph]) -> Iterator[list[_Graph]]:
-        """Consecutive runs of whole structures with at most ``edge_budget`` edges in all
-        (a structure over the budget on its own)."""
-        chunk: list[_Graph] = []
-        edges = 0
-        for graph in graphs:
-            if chunk and edges + graph.n_edges > self.edge_budget:
-                yield chunk
-                chunk, edges = [], 0
-            chunk.append(graph)
-            edges += graph.n_edges
-        if chunk:
-            yield chunk
-
-    def _run(self, *graphs: _Graph) -> list[Result]:
-        """One graph evaluation of ``graphs`` together, split back per structure."""
-        n_atoms = [g.structure.n_atoms for g in graphs]
-        offsets = np.cumsum([0, *n_atoms])
-        inputs: dict[str, npt.ArrayLike] = {
-            "positions": np.concatenate([g.structure.positions for g in graphs]),
-            "species": np.concatenate([g.species for g in graphs]),
-            "edge_index": np.concatenate(
-                [g.edge_index + offset for g, offset in zip(graphs, offsets, strict=False)], 1
-            ),
-            "edge_shifts": np.concatenate([g.edge_shifts for g in graphs]),
-            "structure_index": np.repeat(np.arange(len(graphs)), n_atoms),
-            "n_structures": np.array(len(graphs)),
-        }
-        outputs = self.session.run(
-            {
-                name: np.asarray(value, dtype=self._input_dtypes[name])
-                for name, value in inputs.items()
-            },
-            _OUTPUTS,
-        )
-        energy, atomic, forces, virial = (np.asarray(outputs[n], np.float64) for n in _OUTPUTS)
-        results = []
-        for k, graph in enumerate(graphs):
-            atoms = slice(offsets[k], offsets[k + 1])
-            structure = graph.structure
-            stress = -virial[k] / abs(np.linalg.det(structure.cell)) if structure.periodic else None
-            results.append(
-                Result(
-                    energy=float(energy[k]),
-                    atomic_energies=atomic[atoms],
-                    forces=forces[atoms],
-                    virial=virial[k],
-                    stress=stress,
-                )
+    def _evaluate(self, graphs: Sequence[_Graph]) -> list[Result]:
+        """Evaluate ``graphs`` in batches of pieces under the edge budget."""
+        totals = [
+            _Totals(
+                np.zeros(g.structure.n_atoms), np.zeros((g.structure.n_atoms, 3)), np.zeros((3, 3))
             )
-        return results
+            for g in graphs
+        ]
+        pieces = (piece for k, graph in enumerate(graphs) for piece in self._pieces(graph, k))
+        for batch in self._batches(pieces):
+            self._run(batch, totals)
+        return [t.result(g.structure) for t, g in zip(totals, graphs, strict=True)]
+
+    def _pieces(self, graph: _Graph, owner: int) -> Iterator[_Piece]:
+        """``graph`` whole when its edges fit the edge budget, else in pieces of
+        consecutive centers of at most ``edge_budget`` edges each (or one center)."""
+        n_atoms = graph.structure.n_atoms
+        if graph.n_edges <= self.edge_budget:
+            no_ghosts = np.zeros(0, dtype=np.int64)
+            yield _Piece(graph, owner, 0, n_atoms, no_ghosts, graph.edge_index, graph.edge_shifts)
+            return
+        centers, neighbors = graph.edge_index
+        # first_edge[i]: the first edge centered on atom i or later (edges grouped by center)
+        first_edge = np.searchsorted(centers, np.arange(n_atoms + 1))
+        first = 0
+        while first < n_atoms:
+            limit = first_edge[first] + self.edge_budget
+            stop = int(np.searchsorted(first_edge, limit, side="right")) - 1
+            stop = min(max(stop, first + 1), n_atoms)
+            edges = slice(first_edge[first], first_edge[stop])
+            reached = neighbors[edges]
+            own = (reached >= first) & (reached < stop)
+            ghosts = np.unique(reached[~own])
+            local_neighbors = np.where(
+                own, reached - first, stop - first + np.searchsorted(ghosts, reached)
+            )
+            edge_index = np.stack([centers[edges] - first, local_neighbors])
+            yield _Piece(graph, owner, first, stop, ghosts, edge_index, graph.edge_shifts[edges])
+            first = stop
+
+    def _batches(self, pieces: Iterable[_Piece]) -> Iterator[list[_Piece]]:
+        """Consecutive runs of pieces with at most ``edge_budget`` edges in all (a piece
+        over the budget on its own)."""
+        batch: list[_Piece] = []
+        edges = 0
+        for piece in pieces:
+            if batch and edges + piece.n_edges > self.edge_budget:
+                yield batch
+                batch, edges = [], 0
+            batch.append(piece)
+            edges += piece.n_edges
+        if batch:
+            yield batch
+
+    def _run(self, pieces: Sequence[_Piece], totals: Sequence[_Totals]) -> None:
+        """One graph evaluation of ``pieces`` together (one model structure each), added
+        to the totals of their structures."""
+        n_atoms = [p.n_atoms for p in pieces]
+        offsets = np.cumsum([0, *n_atoms])
+        inputs = {
+            "positions": np.concatenate([p.gather(p.graph.structure.positions) for p in pieces]),
+            "species": np.concatenate([p.gather(p.graph.species) for p in pieces]),
+            "edge_index": np.concatenate(
+                [p.edge_index + offset for p, offset in zip(pieces, offsets, strict=False)], 1
+            ),
+            "edge_shifts": np.concatenate([p.edge_shifts for p in pieces]),
+            "structure_index": np.repeat(np.arange(len(pieces)), n_atoms),
+            "n_structures": np.array(len(pieces)),
+        }
+        outputs = self.session.run(inputs, _OUTPUTS)
+        atomic, forces, virial = (np.asarray(outputs[n], np.float64) for n in _OUTPUTS)
+        for k, piece in enumerate(pieces):
+            total = totals[piece.owner]
+            own = slice(piece.first, piece.stop)
+            start, middle, end = offsets[k], offsets[k] + piece.stop - piece.first, offsets[k + 1]
+            total.atomic_energies[own] = atomic[start:middle]
+            total.forces[own] += forces[start:middle]
+            total.forces[piece.ghosts] += forces[middle:end]  # ghosts are distinct
+            total.virial[...] += virial[k]

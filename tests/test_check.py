@@ -111,24 +111,20 @@ def test_bad_input_is_refused_in_one_line(
 
 
 @pytest.mark.slow
-def test_checkpoint_at_every_precision(tmp_path: Path, data: Path, checkpoint: Path) -> None:
-    """Exports fp64, fp32 and emulated tf32/fp16/bf16 (~2-3 min): zero-level fp64, fp32 to
-    1e-5, and non-zero reduced-precision errors in the expected order, through ONNX Runtime."""
+def test_checkpoint_exported_at_each_precision(
+    tmp_path: Path, data: Path, checkpoint: Path
+) -> None:
+    """Exports fp64 and emulated tf32/bf16 (~1.5 min): zero-level fp64 and non-zero
+    reduced-precision errors in the expected order, through ONNX Runtime. (fp32 and fp16
+    are covered by the tests above and by tests/test_precision.py.)"""
     out = tmp_path / "report"
-    args = ["check", str(checkpoint), "--data", str(data), "--md-steps", "5", "--out", str(out)]
-    result = CliRunner().invoke(main, args)
+    args = ["check", str(checkpoint), "--data", str(data), "--precisions", "fp64,tf32,bf16"]
+    result = CliRunner().invoke(main, [*args, "--md-steps", "5", "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     modes = {r["precision"]: r["mode"] for r in report["results"]}
-    assert modes == {
-        "fp64": "real (cpu)",
-        "fp32": "real (cpu)",
-        "tf32": "emulated",
-        "fp16": "emulated",
-        "bf16": "emulated",
-    }
+    assert modes == {"fp64": "real (cpu)", "tf32": "emulated", "bf16": "emulated"}
     error = {r["precision"]: r["vs_reference"]["force_relative"] for r in report["results"]}
-    assert error["fp64"] < 1e-12 and error["fp32"] <= 1e-5
-    assert 3 * error["fp32"] < min(error["tf32"], error["fp16"])
-    assert max(error["tf32"], error["fp16"]) < error["bf16"] / 3
+    assert error["fp64"] < 1e-12
+    assert 1e-6 < error["tf32"] < error["bf16"] / 3
     assert {f"parity_{p}.png" for p in modes} <= {p.name for p in out.iterdir()}

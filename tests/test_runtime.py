@@ -100,16 +100,34 @@ def test_batched_equals_one_by_one(potential: Potential) -> None:
             np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12, err_msg=field)
 
 
-@pytest.mark.parametrize("edge_budget", [1, 500])
-def test_chunked_equals_unchunked(files: dict[str, Path], edge_budget: int) -> None:
-    atoms = structures(seed=2) * 2
-    whole = Potential.load(files["float64"], "cpu", threads=1).evaluate(atoms)
+@pytest.mark.parametrize("edge_budget", [1, 37, 500])
+def test_chunked_equals_unchunked(
+    files: dict[str, Path], edge_budget: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Structures over the edge budget are evaluated in pieces of consecutive centers."""
+    stray = oxide(6, (1, 2, 2))
+    stray.pbc, stray.cell = False, None
+    stray += ase.Atoms("O", positions=[[30.0, 0.0, 0.0]])  # no neighbors: no edges at all
+    atoms = [*structures(seed=2), stray, copper(2, rattle=0.05)] * 2
+    whole = Potential.load(files["float64"], "cpu", threads=1, edge_budget=10**9)
+    expected = whole.evaluate(atoms)
     small = Potential.load(files["float64"], "cpu", threads=1, edge_budget=edge_budget)
+    evaluations = []
+    run = small.session.run
+
+    def counting(inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> object:
+        evaluations.append(inputs["edge_index"].shape[1])
+        return run(inputs, outputs)
+
+    monkeypatch.setattr(small.session, "run", counting)
     chunked = small.evaluate(atoms)
+    assert len(evaluations) > len(atoms) if edge_budget < 500 else len(evaluations) > 2
+    if edge_budget > 1:  # a single center has more edges than a budget of 1
+        assert max(evaluations) <= edge_budget
     for field in FIELDS:
-        np.testing.assert_allclose(
-            stacked(chunked, field), stacked(whole, field), rtol=1e-12, atol=1e-12
-        )
+        error = relative_error(stacked(chunked, field), stacked(expected, field))
+        assert error <= 1e-12, (field, error)
+    assert chunked[5].atomic_energies[-1] == expected[5].atomic_energies[-1] == -1.0
 
 
 def test_structure_inputs_and_return_types(potential: Potential) -> None:

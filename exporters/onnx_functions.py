@@ -2,12 +2,12 @@
 
 Each custom op becomes one node of domain ``allegro`` whose computation is also given as
 a model-local function (a ``FunctionProto`` in ``model.functions``, same domain and name)
-made of standard ONNX ops (MatMul, Mul, Reshape, Transpose, Shape, Concat, Unsqueeze).
-A runtime without a fused kernel (ONNX Runtime, or TensorRT without the plugin) inlines
-the function; a runtime with a fused kernel takes the node over. The nodes carry
-``plugin_namespace="allegro"`` and ``plugin_version="1"``, which the TensorRT ONNX parser
-uses to look up a registered plugin ``TensorProduct`` / ``TensorProductBackward`` in
-namespace ``allegro`` before falling back to the function body.
+made of standard ONNX ops (MatMul, Mul, ReduceSum, Reshape, Transpose, Shape, Concat,
+Unsqueeze). A runtime without a fused kernel (ONNX Runtime, or TensorRT without the
+plugin) inlines the function; a runtime with a fused kernel takes the node over. The
+nodes carry ``plugin_namespace="allegro"`` and ``plugin_version="1"``, which the TensorRT
+ONNX parser uses to look up a registered plugin of the node's name in namespace
+``allegro`` before falling back to the function body.
 
 Nodes (E edges, U channels, P paths, I/J/K irreps dimensions of the inputs/output)::
 
@@ -15,12 +15,14 @@ Nodes (E edges, U channels, P paths, I/J/K irreps dimensions of the inputs/outpu
         -> out (E,U,K)
     allegro.TensorProductBackward(grad (E,U,K), x1, x2, path_weights, cg)
         -> grad_x1 (E,U,I), grad_x2 (E,U,J)
+    allegro.TensorProductEnvFirst, allegro.TensorProductEnvFirstBackward: the same
+        inputs, outputs and values
 
-All tensors of one node share one float type (float32 or float64; float16 or bfloat16 in
-reduced-precision exports, see :mod:`allegro_deploy.models.precision`). The bodies reshape to
-explicit shapes with ``allowzero=1`` (never ``0``/``-1`` inference), so graphs with no
-edges (E = 0) run. Inside, the edge axis is moved last, so that broadcasts and GEMMs run
-over long rows.
+The two pairs differ only in their function bodies, the order of the contractions:
+``TensorProduct`` builds the outer product x1 ⊗ x2 and contracts it with the coupling,
+``TensorProductEnvFirst`` contracts x2 (the environment) with the coupling first. Each
+layer's pair is chosen at export time from its static CG shape (:func:`env_first`); a
+fused kernel implements both names alike (one plugin creator registered under both).
 
 :func:`translation_table` also overrides ATen translations of ``torch.onnx``, keeping
 the sums over atoms fast in ONNX Runtime and parseable by TensorRT (which rejects a
@@ -62,6 +64,8 @@ PLUGIN_NAMESPACE = "allegro"
 PLUGIN_VERSION = "1"
 TENSOR_PRODUCT = "TensorProduct"
 TENSOR_PRODUCT_BACKWARD = "TensorProductBackward"
+TENSOR_PRODUCT_ENV_FIRST = "TensorProductEnvFirst"
+TENSOR_PRODUCT_ENV_FIRST_BACKWARD = "TensorProductEnvFirstBackward"
 
 allegro = Opset(DOMAIN, DOMAIN_VERSION)
 TFloat = TypeVar("TFloat", bound=Union[FLOAT, DOUBLE, FLOAT16, BFLOAT16])  # noqa: UP007
@@ -153,6 +157,98 @@ def TensorProductBackward(
     return grad_x1, grad_x2
 
 
+@script(allegro, default_opset=op)
+def TensorProductEnvFirst(
+    x1: TFloat,
+    x2: TFloat,
+    path_weights: TFloat,
+    cg: TFloat,
+    plugin_namespace: str = PLUGIN_NAMESPACE,
+    plugin_version: str = PLUGIN_VERSION,
+) -> TFloat:
+    """TensorProduct contracting x2 first: U GEMMs (I*K, J) @ (J, E) -> y (U, I, K, E),
+    then ``out[u,k,e] = Σ_i x1[u,i,e] y[u,i,k,e]``, edges last inside."""
+    channels = op.Shape(x1, start=1, end=2)
+    n_paths = op.Shape(cg, start=0, end=1)
+    dim1 = op.Shape(cg, start=1, end=2)
+    dim2 = op.Shape(cg, start=2, end=3)
+    dim_out = op.Shape(cg, start=3, end=4)
+    n_edges = op.Shape(x1, start=0, end=1)
+    dim_ik = op.Mul(dim1, dim_out)
+    flat_cg = op.Reshape(cg, op.Concat(n_paths, op.Mul(dim_ik, dim2), axis=0), allowzero=1)
+    coupled = op.Reshape(  # (U, I, J, K)
+        op.MatMul(path_weights, flat_cg),
+        op.Concat(channels, dim1, dim2, dim_out, axis=0),
+        allowzero=1,
+    )
+    coupled_x2 = op.Reshape(
+        op.Transpose(coupled, perm=[0, 1, 3, 2]),
+        op.Concat(channels, dim_ik, dim2, axis=0),
+        allowzero=1,
+    )
+    y = op.Reshape(  # (U, I, K, E)
+        op.MatMul(coupled_x2, op.Transpose(x2, perm=[1, 2, 0])),
+        op.Concat(channels, dim1, dim_out, n_edges, axis=0),
+        allowzero=1,
+    )
+    x1_t = op.Unsqueeze(op.Transpose(x1, perm=[1, 2, 0]), [2])  # (U, I, 1, E)
+    out = op.ReduceSum(op.Mul(x1_t, y), op.Constant(value_ints=[1]), keepdims=0)
+    return op.Transpose(out, perm=[2, 0, 1])
+
+
+@script(allegro, default_opset=op)
+def TensorProductEnvFirstBackward(
+    grad: TFloat,
+    x1: TFloat,
+    x2: TFloat,
+    path_weights: TFloat,
+    cg: TFloat,
+    plugin_namespace: str = PLUGIN_NAMESPACE,
+    plugin_version: str = PLUGIN_VERSION,
+) -> tuple[TFloat, TFloat]:
+    """Input gradients of TensorProductEnvFirst, edges last inside: grad_x1 from the
+    forward's y (U, I, K, E), the same nodes (ONNX Runtime merges them with the
+    forward's), grad_x2 as in TensorProductBackward."""
+    channels = op.Shape(x1, start=1, end=2)
+    n_paths = op.Shape(cg, start=0, end=1)
+    dim1 = op.Shape(cg, start=1, end=2)
+    dim2 = op.Shape(cg, start=2, end=3)
+    dim_out = op.Shape(cg, start=3, end=4)
+    n_edges = op.Shape(x1, start=0, end=1)
+    dim_ik = op.Mul(dim1, dim_out)
+    flat_cg = op.Reshape(cg, op.Concat(n_paths, op.Mul(dim_ik, dim2), axis=0), allowzero=1)
+    coupled = op.Reshape(  # (U, I, J, K)
+        op.MatMul(path_weights, flat_cg),
+        op.Concat(channels, dim1, dim2, dim_out, axis=0),
+        allowzero=1,
+    )
+    coupled_x2 = op.Reshape(
+        op.Transpose(coupled, perm=[0, 1, 3, 2]),
+        op.Concat(channels, dim_ik, dim2, axis=0),
+        allowzero=1,
+    )
+    y = op.Reshape(  # (U, I, K, E)
+        op.MatMul(coupled_x2, op.Transpose(x2, perm=[1, 2, 0])),
+        op.Concat(channels, dim1, dim_out, n_edges, axis=0),
+        allowzero=1,
+    )
+    grad_t = op.Unsqueeze(op.Transpose(grad, perm=[1, 2, 0]), [1])  # (U, 1, K, E)
+    # grad_x1[u,i,e] = Σ_k y[u,i,k,e] grad[u,k,e]
+    grad_x1 = op.ReduceSum(op.Mul(y, grad_t), op.Constant(value_ints=[2]), keepdims=0)
+    # grad_x2[u,j,e] = Σ_ik C[u,i,j,k] x1[u,i,e] grad[u,k,e]: (U,J,I*K) @ (U,I*K,E)
+    x1_t = op.Unsqueeze(op.Transpose(x1, perm=[1, 2, 0]), [2])  # (U, I, 1, E)
+    x1_grad = op.Reshape(
+        op.Mul(x1_t, grad_t), op.Concat(channels, dim_ik, n_edges, axis=0), allowzero=1
+    )
+    coupled_2 = op.Reshape(
+        op.Transpose(coupled, perm=[0, 2, 1, 3]),
+        op.Concat(channels, dim2, dim_ik, axis=0),
+        allowzero=1,
+    )
+    grad_x2 = op.MatMul(coupled_2, x1_grad)
+    return op.Transpose(grad_x1, perm=[2, 0, 1]), op.Transpose(grad_x2, perm=[2, 0, 1])
+
+
 _FLOAT_TYPES = ["tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)"]
 
 
@@ -195,9 +291,45 @@ _tensor_product_backward_node = Op(
 )
 
 
+_env_first_node = Op(
+    allegro,
+    TENSOR_PRODUCT_ENV_FIRST,
+    _schema(TENSOR_PRODUCT_ENV_FIRST, "channel-wise tensor product", _TP_INPUTS, ["out"]),
+)
+_env_first_backward_node = Op(
+    allegro,
+    TENSOR_PRODUCT_ENV_FIRST_BACKWARD,
+    _schema(
+        TENSOR_PRODUCT_ENV_FIRST_BACKWARD,
+        "input gradients of the channel-wise tensor product",
+        ("grad", *_TP_INPUTS),
+        ["grad_x1", "grad_x2"],
+    ),
+)
+
+
+def env_first(cg_shape: Sequence[int]) -> bool:
+    """Whether a product with CG coefficients of shape (P, I, J, K) exports as
+    TensorProductEnvFirst: when K <= J.
+
+    Same CG work either way; per channel and edge, TensorProduct writes the outer
+    products x1 ⊗ x2 (I*J) and x2 ⊗ grad (J*K) and runs 3 GEMMs, the env-first form
+    writes y, x1 ⊙ y and y ⊙ grad (3 * I*K) and runs 2, its backward reusing the forward's
+    y. Measured (ONNX Runtime CPU, 37k edges; docs/performance.md §2.8): env-first is
+    as fast at I = J = K = 4, 4–6 % faster for the whole graph at I = J = K = 9, and
+    removes the I*J outer product of the last layer (K = 1); for K > J (middle layers of
+    3+ layer models with both parities, e.g. 9 x 9 -> 17) its intermediates grow past
+    the outer product's.
+    """
+    _, _, dim2, dim_out = cg_shape
+    return dim_out <= dim2
+
+
 def _translate_tensor_product(x1: TFloat, x2: TFloat, path_weights: TFloat, cg: TFloat) -> TFloat:
-    """``allegro::tensor_product`` -> one ``allegro.TensorProduct`` node."""
-    return _tensor_product_node(
+    """``allegro::tensor_product`` -> one ``allegro.TensorProduct`` node, or
+    ``allegro.TensorProductEnvFirst`` where :func:`env_first` chooses it."""
+    node = _env_first_node if env_first(cg.shape) else _tensor_product_node
+    return node(
         x1,
         x2,
         path_weights,
@@ -210,8 +342,10 @@ def _translate_tensor_product(x1: TFloat, x2: TFloat, path_weights: TFloat, cg: 
 def _translate_tensor_product_backward(
     grad: TFloat, x1: TFloat, x2: TFloat, path_weights: TFloat, cg: TFloat
 ) -> tuple[TFloat, TFloat]:
-    """``allegro::tensor_product_backward`` -> one ``allegro.TensorProductBackward`` node."""
-    return _tensor_product_backward_node(
+    """``allegro::tensor_product_backward`` -> one ``allegro.TensorProductBackward`` node,
+    or ``allegro.TensorProductEnvFirstBackward`` where :func:`env_first` chooses it."""
+    node = _env_first_backward_node if env_first(cg.shape) else _tensor_product_backward_node
+    return node(
         grad,
         x1,
         x2,
@@ -308,4 +442,10 @@ def translation_table() -> dict[Callable, Callable]:
 
 def function_protos() -> list[onnx.FunctionProto]:
     """Model-local function bodies of the ``allegro`` nodes."""
-    return [TensorProduct.to_function_proto(), TensorProductBackward.to_function_proto()]
+    bodies = [
+        TensorProduct,
+        TensorProductBackward,
+        TensorProductEnvFirst,
+        TensorProductEnvFirstBackward,
+    ]
+    return [body.to_function_proto() for body in bodies]

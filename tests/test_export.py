@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
+from e3nn import o3
 
 from allegro_deploy.cli import main
 from allegro_deploy.exporters import onnx_export
@@ -34,12 +35,13 @@ from allegro_deploy.exporters.onnx_export import (
 from allegro_deploy.exporters.onnx_functions import (
     DOMAIN,
     OPSET_VERSION,
+    env_first,
     function_protos,
     translation_table,
 )
 from allegro_deploy.models import AllegroModel, AtomicGraph, ModelConfig
 from allegro_deploy.models.checkpoint import save_checkpoint
-from allegro_deploy.models.tensor_product import tensor_product
+from allegro_deploy.models.tensor_product import ChannelwiseTensorProduct, tensor_product
 
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
 
@@ -187,13 +189,15 @@ def test_file_passes_full_check_and_keeps_custom_nodes(exported, key) -> None:
     proto = onnx.load(exported[key])
     onnx.checker.check_model(proto, full_check=True)
     custom = [n for n in proto.graph.node if n.domain == DOMAIN]
-    assert sorted({n.op_type for n in custom}) == ["TensorProduct", "TensorProductBackward"]
+    # both layers (9 x 9 -> 9 and 9 x 9 -> 1) contract the environment first
+    names = ["TensorProductEnvFirst", "TensorProductEnvFirstBackward"]
+    assert sorted({n.op_type for n in custom}) == names
     assert len(custom) == 4  # forward and backward of 2 layers
     for node in custom:
         attributes = {a.name: a.s.decode() for a in node.attribute}
         assert attributes["plugin_namespace"] == "allegro"
     functions = {(f.domain, f.name): f for f in proto.functions}
-    assert set(functions) == {(DOMAIN, "TensorProduct"), (DOMAIN, "TensorProductBackward")}
+    assert set(functions) == {(DOMAIN, name) for name in names}
     for function in functions.values():
         assert function.node and all(n.domain == "" for n in function.node)
         assert [(o.domain, o.version) for o in function.opset_import] == [("", OPSET_VERSION)]
@@ -411,11 +415,31 @@ def _function_model(name: str, inputs: list[str], outputs: list[str], dtype: int
     return model.SerializeToString()
 
 
+def _product(irreps: tuple[str, str, str]) -> ChannelwiseTensorProduct:
+    return ChannelwiseTensorProduct(*(o3.Irreps(i) for i in irreps), channels=3)
+
+
+def test_env_first_where_the_output_is_no_larger_than_the_environment() -> None:
+    assert env_first((3, 4, 4, 1)) and env_first((11, 9, 9, 9)) and env_first((9, 7, 4, 4))
+    assert not env_first((9, 4, 4, 7))
+
+
 @pytest.mark.parametrize("n_edges", [0, 1, 13])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_function_bodies_match_the_custom_ops(n_edges: int, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(
+    "irreps",
+    [
+        ("0e+1o+2e", "0e+1o+2e", "0e"),  # (I, J, K) = (9, 9, 1)
+        ("0e+1o+2e", "0e+1o+2e", "0e+1o+2e"),  # (9, 9, 9)
+        ("0e+1o", "0e+1o", "0e+1o+1e"),  # (4, 4, 7)
+    ],
+)
+@pytest.mark.parametrize("env_first_body", [False, True])
+def test_function_bodies_match_the_custom_ops(
+    n_edges: int, dtype: torch.dtype, irreps: tuple[str, str, str], env_first_body: bool
+) -> None:
     torch.manual_seed(2)
-    tp = make_model().tensor_products[1]
+    tp = _product(irreps)
     cg = tp.cg.to(dtype)
     weights = torch.randn(tp.channels, cg.shape[0], dtype=dtype)
     x1 = torch.randn(n_edges, tp.channels, cg.shape[1], dtype=dtype)
@@ -424,15 +448,16 @@ def test_function_bodies_match_the_custom_ops(n_edges: int, dtype: torch.dtype) 
     onnx_dtype = onnx.TensorProto.DOUBLE if dtype == torch.float64 else onnx.TensorProto.FLOAT
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
     feeds = {"x1": x1, "x2": x2, "path_weights": weights, "cg": cg, "grad": grad}
+    forward = "TensorProductEnvFirst" if env_first_body else "TensorProduct"
     for name, inputs, outputs, expected in (
         (
-            "TensorProduct",
+            forward,
             ["x1", "x2", "path_weights", "cg"],
             ["out"],
             [tensor_product_op(x1, x2, weights, cg)],
         ),
         (
-            "TensorProductBackward",
+            f"{forward}Backward",
             ["grad", "x1", "x2", "path_weights", "cg"],
             ["grad_x1", "grad_x2"],
             list(tensor_product_backward_op(grad, x1, x2, weights, cg)),
@@ -571,7 +596,7 @@ def test_cli_export_reports_errors_and_info_describes_the_file(cli_export) -> No
         "Cu (Z=29)",
         "positions",
         "eV/Å",
-        "allegro.TensorProductBackward",
+        "allegro.TensorProductEnvFirstBackward",
         "plugin_namespace=allegro",
         "ScatterElements",
     ):

@@ -252,11 +252,6 @@ class Potential:
         self.metadata = metadata
         self.edge_budget = edge_budget
         self.min_distance = min_distance
-        # Species index by atomic number (-1: not the model's), with a last entry of -1
-        # for atomic numbers out of range.
-        numbers = np.array(metadata.atomic_numbers, dtype=np.int64)
-        self._species_of = np.full(numbers.max(initial=0) + 2, -1, dtype=np.int64)
-        self._species_of[numbers] = np.arange(len(numbers))
         cutoffs = np.array(metadata.pair_cutoffs, dtype=np.float64)
         # Edges beyond their pair's cutoff contribute exactly zero: drop them.
         self._pair_cutoffs = None if (cutoffs >= metadata.r_max).all() else cutoffs
@@ -350,12 +345,7 @@ class Potential:
                 min_distance=self.min_distance,
                 cutoff=self.r_max,
             )
-            numbers = structure.atomic_numbers
-            lookup = np.where((numbers >= 0) & (numbers < len(self._species_of)), numbers, -1)
-            species = self._species_of[lookup]
-            if (species < 0).any():
-                # raises UnknownSpeciesError naming the unknown elements
-                species_indices(numbers, self.atomic_numbers)
+            species = species_indices(structure.atomic_numbers, self.atomic_numbers)
         except ValueError as error:
             if index is None:
                 raise

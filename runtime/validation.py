@@ -140,11 +140,15 @@ def species_indices(
     """
     atomic_numbers = np.asarray(atomic_numbers, dtype=np.int64).reshape(-1)
     model = np.asarray(model_atomic_numbers, dtype=np.int64).reshape(-1)
-    unknown = np.setdiff1d(atomic_numbers, model)
-    if unknown.size:
+    # species index by atomic number, -1 for elements the model lacks (a lookup table:
+    # this runs on every call of a small structure)
+    table = np.full(max(model.max(initial=0), atomic_numbers.max(initial=0)) + 1, -1)
+    table[model] = np.arange(model.size)
+    species = np.where(atomic_numbers >= 0, table[atomic_numbers.clip(min=0)], -1)
+    if (species < 0).any():
+        unknown = np.unique(atomic_numbers[species < 0])
         raise UnknownSpeciesError(
             f"unknown species {', '.join(element_symbol(int(z)) for z in unknown)}; "
             f"the model knows {', '.join(element_symbol(int(z)) for z in model)}"
         )
-    order = np.argsort(model, kind="stable")
-    return order[np.searchsorted(model, atomic_numbers, sorter=order)].astype(np.int64)
+    return species.astype(np.int64, copy=False)

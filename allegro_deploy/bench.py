@@ -323,8 +323,7 @@ class BackendSpec:
 def official_source(checkpoint: str | Path) -> tuple[Path | None, str]:
     """The official file ``checkpoint`` was imported from, or None and why it cannot be
     used (not imported, file gone or changed since)."""
-    from allegro_deploy.exporters.onnx_export import file_sha256
-    from allegro_deploy.models.checkpoint import load_checkpoint
+    from allegro_deploy.models.checkpoint import file_sha256, load_checkpoint
 
     source = load_checkpoint(checkpoint).provenance.get("imported_from")
     if not source:
@@ -993,7 +992,8 @@ def backend_specs(
             if name in only:
                 unavailable[name] = "needs a checkpoint, not an .onnx export"
     else:
-        from allegro_deploy.exporters.onnx_export import export_model, file_sha256
+        from allegro_deploy.exporters.onnx_export import export_model
+        from allegro_deploy.models.checkpoint import file_sha256
 
         if "official" in only:
             why = nequip_missing() or official_source(path)[1]

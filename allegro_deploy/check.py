@@ -368,8 +368,8 @@ def export_variants(
     """Export the checkpoint at each precision into ``folder``: real files on CUDA when
     ONNX Runtime has it, else emulated ones for tf32/fp16/bf16. Returns the torch model
     and the files. ``log(precision, message)`` reports progress."""
-    from allegro_deploy.exporters.onnx_export import export_model, file_sha256
-    from allegro_deploy.models.checkpoint import load_checkpoint
+    from allegro_deploy.exporters.onnx_export import export_model
+    from allegro_deploy.models.checkpoint import file_sha256, load_checkpoint
 
     model = load_checkpoint(checkpoint).model
     sha256 = file_sha256(checkpoint)

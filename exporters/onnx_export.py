@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -794,15 +793,6 @@ def export_model(
     return report
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_checkpoint(
     checkpoint: str | Path,
     path: str | Path,
@@ -815,7 +805,7 @@ def export_checkpoint(
     log: Callable[[str], None] = _log.info,
 ) -> ExportReport:
     """Load an allegro-deploy checkpoint and :func:`export_model` it, recording its SHA-256."""
-    from allegro_deploy.models.checkpoint import load_checkpoint
+    from allegro_deploy.models.checkpoint import file_sha256, load_checkpoint
 
     model = load_checkpoint(checkpoint).model
     return export_model(

@@ -271,6 +271,15 @@ def _checksum(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _flatten(value: Any, name: str, tensors: dict[str, torch.Tensor]) -> Any:
     """JSON structure of ``value`` with every tensor moved to ``tensors[name...]``."""
     if isinstance(value, torch.Tensor):

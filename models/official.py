@@ -63,7 +63,6 @@ nequip-allegro other than 0.8.x, and weights that have no counterpart here.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 import re
@@ -79,6 +78,7 @@ import yaml
 from ase.data import atomic_numbers as _ATOMIC_NUMBERS
 
 from .allegro import AllegroModel
+from .checkpoint import file_sha256, save_checkpoint
 from .config import ConfigError, ModelConfig
 
 SUPPORTED_VERSIONS = {"nequip": "0.19.", "allegro": "0.8."}
@@ -180,7 +180,7 @@ def import_official(path: str | Path) -> tuple[AllegroModel, dict[str, Any]]:
     provenance = {
         "imported_from": {
             "path": str(path),
-            "sha256": _sha256(path),
+            "sha256": file_sha256(path),
             "format": official["format"],
             "versions": official["versions"],
             "model_target": official["model_config"].get("_target_"),
@@ -195,8 +195,6 @@ def save(source: str | Path, output: str | Path) -> dict[str, Any]:
 
     Returns the provenance stored in the checkpoint.
     """
-    from .checkpoint import save_checkpoint
-
     model, provenance = import_official(source)
     save_checkpoint(output, model, provenance=provenance)
     return provenance
@@ -226,14 +224,6 @@ def model_from_official(
 
 
 # --------------------------------------------------------------------------- reading files
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_package(path: Path) -> bool:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import math
 import os
 import time
@@ -45,7 +44,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .allegro import AllegroModel
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from .config import ConfigError, ModelConfig
 from .data import LabelledBatch, LabelledDataset, read_structures, split_indices
 from .stats import DatasetStatistics, compute_statistics
@@ -255,27 +254,19 @@ def _load_data(options: TrainConfig) -> _Data:
     r_max = float(options.model["r_max"])
     full = LabelledDataset.from_atoms(structures, species, r_max, data.train_file)
     provenance = {"train_file": str(Path(data.train_file).resolve())}
-    provenance["train_file_sha256"] = _sha256(data.train_file)
+    provenance["train_file_sha256"] = file_sha256(data.train_file)
     if data.val_file is not None:
         val_structures = read_structures(data.val_file, data.index)
         val = LabelledDataset.from_atoms(val_structures, species, r_max, data.val_file)
         train = full
         provenance["val_file"] = str(Path(data.val_file).resolve())
-        provenance["val_file_sha256"] = _sha256(data.val_file)
+        provenance["val_file_sha256"] = file_sha256(data.val_file)
     else:
         train_indices, val_indices = split_indices(len(full), data.val_fraction, data.split_seed)
         train = full.subset(train_indices, f"{data.train_file} (training split)")
         val = full.subset(val_indices, f"{data.train_file} (validation split)")
     provenance.update(n_train=len(train), n_val=len(val))
     return _Data(train, val, provenance)
-
-
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _model_config(

@@ -158,16 +158,18 @@ class AllegroModel(torch.nn.Module):
         c, dtype = self.config, self.dtype
         n_atoms, scalars = species.shape[0], c.num_scalar_features
         center, neighbor = edge_index[0], edge_index[1]
-        center_species, neighbor_species = species[center], species[neighbor]
+        center_species = species.index_select(0, center)
+        neighbor_species = species.index_select(0, neighbor)
 
-        # geometry (float64)
-        length = edge_vectors.square().sum(1, keepdim=True).sqrt()
+        # geometry (float64), per-edge scalars 1-D (see radial.py)
+        dx, dy, dz = edge_vectors.unbind(1)
+        length = (dx * dx + dy * dy + dz * dz).sqrt()
         pair = center_species * len(c.species) + neighbor_species
-        x = length * self.pair_cutoff_recip[pair].unsqueeze(-1)
-        sh = o3.spherical_harmonics(
-            self.sh_irreps, edge_vectors, normalize=True, normalization="component"
-        ).to(dtype)
-        sh_edges_last = sh.T
+        x = length * self.pair_cutoff_recip.index_select(0, pair)
+        inverse = length.clamp_min(1e-12).reciprocal()  # as F.normalize in e3nn
+        unit = torch.stack((dx * inverse, dy * inverse, dz * inverse), 1)
+        sh = o3.spherical_harmonics(self.sh_irreps, unit, False, normalization="component")
+        sh_edges_last = sh.to(dtype).T
 
         # two-body embeddings
         type_embed = torch.cat(
@@ -189,7 +191,8 @@ class AllegroModel(torch.nn.Module):
             env_edges = self.weighted_channels(sh_edges_last, env_weights).permute(2, 0, 1)
             env = torch.zeros((n_atoms, *env_edges.shape[1:]), dtype=dtype, device=sh.device)
             env = env.index_add(0, center, env_edges) * env_norm
-            tensor_features = tp(tensor_features.permute(2, 0, 1), env[center]).permute(1, 2, 0)
+            env_of_edges = env.index_select(0, center)
+            tensor_features = tp(tensor_features.permute(2, 0, 1), env_of_edges).permute(1, 2, 0)
             latents = latent(torch.cat([*scalar_features, tensor_features[:, 0].T], -1))
             if layer < c.num_layers - 1:
                 latents, env_weights = latents.split([scalars, env_weights_numel], dim=1)
@@ -205,8 +208,8 @@ class AllegroModel(torch.nn.Module):
         )
         if c.zbl:
             z = self.zbl_atomic_numbers
-            edge_zbl = zbl_edge_energy(z[center_species], z[neighbor_species], length.view(-1))
-            edge_zbl = edge_zbl * polynomial_cutoff(x.view(-1), 6.0).to(dtype)
+            edge_zbl = zbl_edge_energy(z[center_species], z[neighbor_species], length)
+            edge_zbl = edge_zbl * polynomial_cutoff(x, 6).to(dtype)
             atom_energy = atom_energy.index_add(0, center, edge_zbl)
         return atom_energy
 

@@ -73,6 +73,9 @@ class ModelConfig:
             raise ConfigError(f"r_max must be a positive length in Å, got {self.r_max}")
         if self.l_max < 0 or self.num_layers < 1:
             raise ConfigError("l_max must be >= 0 and num_layers >= 1")
+        p = self.polynomial_cutoff_p
+        if isinstance(p, bool) or not isinstance(p, int) or p < 1:
+            raise ConfigError(f"polynomial_cutoff_p must be an integer >= 1, got {p!r}")
         if self.embed_dim % 2:
             raise ConfigError(f"radial_chemical_embed_dim must be even, got {self.embed_dim}")
         for name in ("scalar_embed", "allegro", "readout"):

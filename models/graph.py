@@ -50,7 +50,8 @@ class AtomicGraph:
     def edge_vectors(self) -> torch.Tensor:
         """(n_edges, 3) float64 Å vectors from center to neighbor."""
         center, neighbor = self.edge_index
-        return self.positions[neighbor] - self.positions[center] + self.edge_shifts
+        neighbors, centers = (self.positions.index_select(0, i) for i in (neighbor, center))
+        return neighbors - centers + self.edge_shifts
 
     def volumes(self) -> torch.Tensor:
         """(n_structures,) Å³ cell volume, NaN unless periodic in all three directions."""

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from allegro_deploy.models import AllegroModel, AtomicGraph, ModelConfig
+from allegro_deploy.models.config import ConfigError
+from allegro_deploy.models.radial import integer_power, polynomial_cutoff
 
 R_MAX = 4.0
 
@@ -224,3 +226,23 @@ def test_variants_are_smooth_and_equivariant(overrides):
     out = evaluate(model, [moved])
     assert_rel(out["energy"], reference["energy"], 1e-10)
     assert_rel(out["forces"], reference["forces"] @ q.T, 1e-10)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 6, 7, 8])
+def test_integer_power_is_pow(n):
+    x = torch.linspace(0.0, 1.3, 50, dtype=torch.float64)
+    torch.testing.assert_close(integer_power(x, n), x**n, rtol=1e-15, atol=0.0)
+
+
+def test_polynomial_cutoff_is_the_dimenet_envelope():
+    p = 6
+    x = torch.linspace(0.0, 1.2, 61, dtype=torch.float64)
+    envelope = 1 - (p + 1) * (p + 2) / 2 * x**p + p * (p + 2) * x ** (p + 1)
+    envelope = (envelope - p * (p + 1) / 2 * x ** (p + 2)) * (x < 1)
+    torch.testing.assert_close(polynomial_cutoff(x, p), envelope, rtol=0.0, atol=1e-14)
+    assert polynomial_cutoff(torch.tensor([0.0], dtype=torch.float64)).item() == 1.0
+
+
+def test_non_integer_cutoff_power_is_refused():
+    with pytest.raises(ConfigError, match=r"polynomial_cutoff_p must be an integer >= 1, got 6\.5"):
+        ModelConfig(species=("Cu",), r_max=4.0, polynomial_cutoff_p=6.5)

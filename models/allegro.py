@@ -182,8 +182,8 @@ class AllegroModel(torch.nn.Module):
 
         # Allegro layers
         env_weights_numel = self.weighted_channels.weight_numel
-        first_scalars, env_weights = self.first_layer_projection(twobody).split(
-            [scalars, env_weights_numel], dim=1
+        first_scalars, env_weights = self.first_layer_projection.forward_split(
+            twobody, sizes=(scalars, env_weights_numel)
         )
         scalar_features = [first_scalars]
         env_norm = self.env_norm[species].view(-1, 1, 1)
@@ -193,13 +193,17 @@ class AllegroModel(torch.nn.Module):
             env = env.index_add(0, center, env_edges) * env_norm
             env_of_edges = env.index_select(0, center)
             tensor_features = tp(tensor_features.permute(2, 0, 1), env_of_edges).permute(1, 2, 0)
-            latents = latent(torch.cat([*scalar_features, tensor_features[:, 0].T], -1))
+            inputs = (*scalar_features, tensor_features[:, 0].T)
             if layer < c.num_layers - 1:
-                latents, env_weights = latents.split([scalars, env_weights_numel], dim=1)
+                latents, env_weights = latent.forward_split(
+                    *inputs, sizes=(scalars, env_weights_numel)
+                )
+            else:
+                latents = latent(*inputs)
             scalar_features.append(latents)
 
         # readout: edge energies summed onto centers
-        edge_energy = self.readout(torch.cat(scalar_features, -1))
+        edge_energy = self.readout(*scalar_features)
         atom_energy = torch.zeros((n_atoms, 1), dtype=dtype, device=sh.device)
         atom_energy = atom_energy.index_add(0, center, edge_energy) * env_norm.view(-1, 1)
         atom_energy = (atom_energy / math.sqrt(2.0)).view(-1).to(torch.float64)

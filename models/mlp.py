@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -57,11 +59,33 @@ class ScalarMLP(torch.nn.Module):
     def is_linear(self) -> bool:
         return len(self.weights) == 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (n, input_dim) -> (n, output_dim)."""
+    def forward(self, *blocks: torch.Tensor) -> torch.Tensor:
+        """blocks: (n, d_b) column blocks of the input, widths summing to ``input_dim``
+        -> (n, output_dim). Several blocks give the output of their concatenation without
+        copying them into one array: each block meets its own rows of the first weight."""
+        return self.forward_split(*blocks, sizes=(self.dims[-1],))[0]
+
+    def forward_split(self, *blocks: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
+        """As :meth:`forward`, returning the output in column blocks of ``sizes``: each its
+        own product with columns of the last weight, so that the gradient sums products
+        instead of concatenating the blocks' gradients."""
         last = len(self.weights) - 1
         for layer, (weight, alpha) in enumerate(zip(self.weights, self.alphas, strict=True)):
-            x = self.matmul_policy.matmul(x, weight * alpha)
+            columns = sizes if layer == last else (weight.shape[1],)
+            blocks = self._linear(blocks, weight * alpha, columns)
             if layer != last:
-                x = self.nonlinearity(x)
-        return x
+                blocks = [self.nonlinearity(x) for x in blocks]
+        return list(blocks)
+
+    def _linear(
+        self, blocks: Sequence[torch.Tensor], weight: torch.Tensor, columns: Sequence[int]
+    ) -> list[torch.Tensor]:
+        """``concat(blocks) @ weight`` split into ``columns``, as sums of block products."""
+        rows = weight.split([x.shape[1] for x in blocks])
+        return [
+            functools.reduce(
+                torch.add,
+                (self.matmul_policy.matmul(x, w) for x, w in zip(blocks, piece, strict=True)),
+            )
+            for piece in zip(*(w.split(list(columns), dim=1) for w in rows), strict=True)
+        ]

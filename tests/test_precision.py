@@ -178,17 +178,36 @@ def _elem_types(proto: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+class _CountingPolicy(MatmulPolicy):
+    def __init__(self) -> None:
+        super().__init__("fp32")
+        self.products = 0
+
+    def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        self.products += 1
+        return super().matmul(a, b)
+
+
+def _mlp_products(model: AllegroModel) -> int:
+    """Matrix products the MLPs of ``model`` make in one forward pass."""
+    policy = _CountingPolicy()
+    for module in model.modules():
+        if isinstance(module, ScalarMLP):
+            module.matmul_policy = policy
+    model(AtomicGraph.from_atoms([copper(2, 0.1)], model.config.atomic_numbers, model.config.r_max))
+    return policy.products
+
+
 def test_real_fp16_file_is_strongly_typed_forward_and_backward(fp16_file: Path) -> None:
     proto = onnx.load(fp16_file)
     types = _elem_types(proto)
     f16 = onnx.TensorProto.FLOAT16
     matmuls = [n for n in proto.graph.node if n.op_type in ("MatMul", "Gemm")]
-    model = small_model("float32")
-    layers = sum(len(m.weights) for m in model.modules() if isinstance(m, ScalarMLP))
-    # every MLP layer: one forward product and one input-gradient product in float16; the
-    # rest are exact 0/1 selections (spreading irreps into channels), kept in float32
+    # every MLP product (one per input block and output block of each layer): forward and
+    # input gradient in float16; the rest are exact 0/1 selections (spreading irreps into
+    # channels), kept in float32
     input_types = [{types.get(name) for name in n.input} for n in matmuls]
-    assert input_types.count({f16}) == 2 * layers
+    assert input_types.count({f16}) == 2 * _mlp_products(small_model("float32"))
     assert all(t in ({f16}, {onnx.TensorProto.FLOAT}) for t in input_types)
     custom = [n for n in proto.graph.node if n.domain == "allegro"]
     assert len(custom) == 4 and all(types.get(name) == f16 for n in custom for name in n.input)

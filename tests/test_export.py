@@ -226,6 +226,40 @@ def test_file_passes_full_check_and_keeps_custom_nodes(exported, key) -> None:
     assert names == graph_names
 
 
+@pytest.mark.parametrize("key", FILES, ids="-".join)
+def test_no_sum_over_the_leading_axis(exported, key) -> None:
+    """ONNX Runtime's ReduceSum over axis 0 is ~13x slower than a product with ones."""
+    proto = onnx.load(exported[key])
+    constants = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant":
+            constants[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
+    axes = [constants[n.input[1]].tolist() for n in proto.graph.node if n.op_type == "ReduceSum"]
+    assert axes and [0] not in axes
+
+
+@pytest.mark.parametrize(
+    ("shape", "keepdim"), [((5, 3, 7), True), ((5, 3, 7), False), ((4, 9), True)]
+)
+def test_leading_axis_sum_is_a_product_with_ones(shape, keepdim) -> None:
+    x = torch.randn(shape, dtype=torch.float64)
+    total = onnx_export._sum_leading_axis_by_product(x, [0], keepdim)
+    torch.testing.assert_close(total, x.sum(0, keepdim=keepdim), rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("x", "dim"),
+    [
+        (torch.ones(5, 3), [1]),
+        (torch.ones(5, 3), [0, 1]),
+        (torch.ones(5), [0]),
+        (torch.ones(5, 3, dtype=torch.int64), [0]),
+    ],
+)
+def test_other_sums_keep_the_stock_decomposition(x, dim) -> None:
+    assert onnx_export._sum_leading_axis_by_product(x, dim) is NotImplemented
+
+
 def test_float64_file_holds_no_float32_tensor(exported) -> None:
     """Scalars such as sqrt(3) must not be rounded through float32 in a float64 export."""
     proto = onnx.load(exported["float64", "structures"])

@@ -204,11 +204,13 @@ def test_real_fp16_file_is_strongly_typed_forward_and_backward(fp16_file: Path) 
     f16 = onnx.TensorProto.FLOAT16
     matmuls = [n for n in proto.graph.node if n.op_type in ("MatMul", "Gemm")]
     # every MLP product (one per input block and output block of each layer): forward and
-    # input gradient in float16; the rest are exact 0/1 selections (spreading irreps into
-    # channels), kept in float32
+    # input gradient in float16; the rest (0/1 selections spreading irreps into channels,
+    # sums over a leading axis as products with ones) stay in float32 or, in the geometry,
+    # float64
     input_types = [{types.get(name) for name in n.input} for n in matmuls]
     assert input_types.count({f16}) == 2 * _mlp_products(small_model("float32"))
-    assert all(t in ({f16}, {onnx.TensorProto.FLOAT}) for t in input_types)
+    exact = ({onnx.TensorProto.FLOAT}, {onnx.TensorProto.DOUBLE})
+    assert all(t == {f16} or t in exact for t in input_types)
     custom = [n for n in proto.graph.node if n.domain == "allegro"]
     assert len(custom) == 4 and all(types.get(name) == f16 for n in custom for name in n.input)
     meta = onnx_metadata(proto)

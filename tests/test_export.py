@@ -226,6 +226,16 @@ def test_file_passes_full_check_and_keeps_custom_nodes(exported, key) -> None:
     assert names == graph_names
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_silu_backward_is_the_derivative_without_overflow(dtype) -> None:
+    x = torch.linspace(-120.0, 120.0, 2001, dtype=dtype, requires_grad=True)
+    grad = torch.linspace(-1.0, 1.0, 2001, dtype=dtype)
+    (expected,) = torch.autograd.grad(torch.nn.functional.silu(x), x, grad)
+    actual = onnx_export._stable_silu_backward(grad, x.detach())
+    assert torch.isfinite(actual).all()
+    torch.testing.assert_close(actual, expected)
+
+
 @pytest.mark.parametrize("key", FILES, ids="-".join)
 def test_no_sum_over_the_leading_axis(exported, key) -> None:
     """ONNX Runtime's ReduceSum over axis 0 is ~13x slower than a product with ones."""

@@ -30,8 +30,9 @@ the sums over atoms fast in ONNX Runtime and parseable by TensorRT (which reject
 
 * ``allegro::center_sum`` (the sums of edge rows onto their center atoms, see
   :func:`~allegro_deploy.exporters.onnx_export.trace`) becomes a gather into a padded
-  (atoms, neighbors, ...) table and a ``ReduceSum``: whole rows are moved, where ONNX
-  Runtime's ``ScatterElements`` adds one element at a time (~100x slower);
+  (atoms, neighbors, ...) table summed by a product with its 0/1 occupancy: whole rows
+  are moved, where ONNX Runtime's ``ScatterElements`` adds one element at a time (~100x
+  slower);
 * ``aten.index_put`` with ``accumulate=True`` and one 1-D index (the other sums, over
   neighbors or structures, with 3 or 9 values per edge) becomes
   ``ScatterElements(reduction="add")``, which sums repeated indices, instead of the
@@ -388,16 +389,18 @@ def _translate_index_put(
 
 def _translate_center_sum(base: TFloat, center: INT64, values: TFloat) -> TFloat:
     """``base.index_add(0, center, values)`` for the sums of edge rows onto their centers,
-    as a gather into a padded (atoms, width, ...) table and a ``ReduceSum`` over the width.
+    as a gather into a padded (atoms, width, row) table summed by a product with its 0/1
+    occupancy, ``(atoms, 1, width) @ (atoms, width, row)``.
 
     Each edge ``e`` goes to slot ``e - first[center[e]]`` of its center's row, ``first``
     being the center's first edge; ``width`` is the largest slot + 1, the number of
     neighbors when each center's edges are consecutive, as neighbor lists emit them. Any
     order is summed exactly, in edge order; only the table grows with the spread of a
-    center's edges. Empty slots point at an appended zero row. ONNX Runtime runs the
-    gather and the reduction over whole rows, where ``ScatterElements`` adds one element
-    at a time (100x slower), and TensorRT parses all of it (it rejects a ``ScatterND``
-    with a reduction).
+    center's edges. Empty slots gather edge 0 and weigh 0. ONNX Runtime runs the gather
+    and the product over whole rows, where ``ScatterElements`` adds one element at a time
+    (100x slower); the product also replaces appending a zero row for the empty slots (a
+    copy of all edge rows) and a ``ReduceSum``. TensorRT parses all of it (it rejects a
+    ``ScatterND`` with a reduction).
     """
     n_edges = op.Shape(center)
     edges = op.Range(op.Constant(value_int=0), op.Squeeze(n_edges), op.Constant(value_int=1))
@@ -406,16 +409,23 @@ def _translate_center_sum(base: TFloat, center: INT64, values: TFloat) -> TFloat
     slot = op.Sub(edges, op.Gather(first, center))
     one = op.Constant(value_ints=[1])
     width = op.Add(op.ReduceMax(op.Concat(slot, op.Constant(value_ints=[-1]), axis=0)), one)
-    table = op.ScatterElements(
-        op.Expand(n_edges, op.Mul(n_atoms, width)), op.Add(op.Mul(center, width), slot), edges
+    cells = op.Mul(n_atoms, width)
+    cell = op.Add(op.Mul(center, width), slot)
+    table = op.ScatterElements(op.Expand(op.Constant(value_ints=[0]), cells), cell, edges)
+    occupied = op.ScatterElements(
+        op.Expand(op.CastLike(op.Constant(value_float=0.0), values), cells),
+        cell,
+        op.Expand(op.CastLike(op.Constant(value_float=1.0), values), n_edges),
     )
     row_shape = op.Shape(values, start=1)
-    zero_row = op.Expand(
-        op.CastLike(op.Constant(value_float=0.0), values), op.Concat(one, row_shape, axis=0)
+    row_size = op.ReduceProd(row_shape, keepdims=1)
+    rows = op.Reshape(values, op.Concat(n_edges, row_size, axis=0), allowzero=1)
+    padded = op.Reshape(
+        op.Gather(rows, table, axis=0), op.Concat(n_atoms, width, row_size, axis=0), allowzero=1
     )
-    gathered = op.Gather(op.Concat(values, zero_row, axis=0), table, axis=0)
-    padded = op.Reshape(gathered, op.Concat(n_atoms, width, row_shape, axis=0), allowzero=1)
-    return op.Add(base, op.ReduceSum(padded, one, keepdims=0))
+    weights = op.Reshape(occupied, op.Concat(n_atoms, one, width, axis=0), allowzero=1)
+    total = op.MatMul(weights, padded)
+    return op.Add(base, op.Reshape(total, op.Concat(n_atoms, row_shape, axis=0), allowzero=1))
 
 
 def _translate_scalar_tensor(

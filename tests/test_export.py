@@ -245,7 +245,14 @@ def test_no_sum_over_the_leading_axis(exported, key) -> None:
         if node.op_type == "Constant":
             constants[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
     axes = [constants[n.input[1]].tolist() for n in proto.graph.node if n.op_type == "ReduceSum"]
-    assert axes and [0] not in axes
+    assert [0] not in axes
+    ones_rows = [
+        constants[n.input[0]]
+        for n in proto.graph.node
+        if n.op_type == "MatMul" and n.input[0] in constants
+    ]
+    # the gradients of the harmonics (3 sums over channels) and of the Bessel basis (2)
+    assert sum(a.shape[0] == 1 and bool((a == 1).all()) for a in ones_rows) == 5
 
 
 @pytest.mark.parametrize(

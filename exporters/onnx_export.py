@@ -94,6 +94,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from allegro_deploy import __version__
 from allegro_deploy.models.allegro import AllegroModel, pair_forces_to_atoms, pair_virial
 from allegro_deploy.models.graph import AtomicGraph
+from allegro_deploy.models.graph import edge_vectors as graph_edge_vectors
 from allegro_deploy.models.precision import dtype_precision, get_precision, matmul_precision
 
 from .custom_ops import custom_tensor_products
@@ -253,8 +254,7 @@ def structures_outputs(
     torch._check(n_frames >= 0)
     n_atoms = positions.shape[0]
     center, neighbor = edge_index[0], edge_index[1]
-    edge_vectors = positions.index_select(0, neighbor) - positions.index_select(0, center)
-    edge_vectors = (edge_vectors + edge_shifts).detach()
+    edge_vectors = graph_edge_vectors(positions, edge_index, edge_shifts).detach()
     with torch.enable_grad():
         edge_vectors.requires_grad_(True)
         atomic = atomic_energies(edge_vectors, species, edge_index)

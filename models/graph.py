@@ -13,6 +13,19 @@ from allegro_deploy.runtime.neighbors import neighbor_list
 from allegro_deploy.runtime.validation import species_indices, validate_structure
 
 
+def edge_vectors(
+    positions: torch.Tensor, edge_index: torch.Tensor, edge_shifts: torch.Tensor
+) -> torch.Tensor:
+    """(n_edges, 3) Å vectors from center to neighbor: ``r_neighbor - r_center + shift``.
+
+    positions: (n_atoms, 3) Å; edge_index: (2, n_edges) rows (center, neighbor);
+    edge_shifts: (n_edges, 3) Å, the periodic image offset of each neighbor. Gathers are
+    ``index_select`` (an ONNX ``Gather``; indexing exports as the slower ``GatherND``).
+    """
+    center, neighbor = edge_index[0], edge_index[1]
+    return positions.index_select(0, neighbor) - positions.index_select(0, center) + edge_shifts
+
+
 @dataclass
 class AtomicGraph:
     """Several structures concatenated; each edge stays within its structure.
@@ -49,9 +62,7 @@ class AtomicGraph:
 
     def edge_vectors(self) -> torch.Tensor:
         """(n_edges, 3) float64 Å vectors from center to neighbor."""
-        center, neighbor = self.edge_index
-        neighbors, centers = (self.positions.index_select(0, i) for i in (neighbor, center))
-        return neighbors - centers + self.edge_shifts
+        return edge_vectors(self.positions, self.edge_index, self.edge_shifts)
 
     def volumes(self) -> torch.Tensor:
         """(n_structures,) Å³ cell volume, NaN unless periodic in all three directions."""

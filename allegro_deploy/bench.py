@@ -506,20 +506,21 @@ def _peak_rss() -> int:
     ``VmHWM`` of ``/proc/self/status``, not ``getrusage``: the latter also reports the
     peak at which any thread of the process exited, which no reset clears.
     """
-    with open("/proc/self/status") as file:
-        for line in file:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("/proc/self/status has no VmHWM")
+    return _proc_bytes("/proc/self/status", "VmHWM")
 
 
 def available_memory() -> int:
     """Bytes of memory available for new allocations (``MemAvailable``)."""
-    with open("/proc/meminfo") as file:
+    return _proc_bytes("/proc/meminfo", "MemAvailable")
+
+
+def _proc_bytes(path: str, key: str) -> int:
+    """Bytes of the ``key:  <n> kB`` line of a ``/proc`` file."""
+    with open(path) as file:
         for line in file:
-            if line.startswith("MemAvailable:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
-    raise OSError("/proc/meminfo has no MemAvailable")
+    raise OSError(f"{path} has no {key}")
 
 
 def measure_peak_memory() -> None:

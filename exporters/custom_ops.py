@@ -6,13 +6,21 @@ and the input gradient of that node is a second opaque op,
 ``allegro::tensor_product_backward``, so that both survive into the ONNX file as nodes of
 the ``allegro`` domain (see :mod:`allegro_deploy.exporters.onnx_functions`).
 
-Shapes (E edges, U channels, P paths, I/J/K irreps dimensions of the inputs/output)::
+Shapes (E edges, N atoms, U channels, P paths, I/J/K irreps dimensions of the
+inputs/output)::
 
     tensor_product(x1 (E,U,I), x2 (E,U,J), path_weights (U,P), cg (P,I,J,K)) -> (E,U,K)
     tensor_product_backward(grad (E,U,K), x1, x2, path_weights, cg) -> (E,U,I), (E,U,J)
+    center_tensor_product(x1 (E,U,I), env (N,U,J), center (E,), path_weights, cg)
+        -> (E,U,K), the same product with x2 = env[center]
+    center_tensor_product_backward(grad, x1, env, center, path_weights, cg)
+        -> (E,U,I), (N,U,J)
 
-Only the gradients with respect to ``x1`` and ``x2`` (the edge features) are provided:
-exported graphs differentiate the energy with respect to geometry, never the weights.
+The ``center_`` pair takes the environment per atom: its ONNX body contracts the
+environment with the coupling once per atom instead of once per edge (see
+:func:`center_first`). Only the gradients with respect to the features (``x1``, ``x2``,
+``env``) are provided: exported graphs differentiate the energy with respect to geometry,
+never the weights.
 
 :func:`custom_tensor_products` routes the tensor products of a model through these ops
 for the duration of a ``with`` block, without changing the model code.
@@ -21,7 +29,7 @@ for the duration of a ``with`` block, without changing the model code.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -78,16 +86,20 @@ def _(
     return torch.empty_like(x1), torch.empty_like(x2)
 
 
+def _check_input_gradients(ctx: Any, op: str) -> None:
+    if ctx.needs_input_grad[-2] or ctx.needs_input_grad[-1]:
+        raise NotImplementedError(
+            f"allegro::{op} is an export op: it differentiates with respect to its "
+            "features only, not the path weights or CG coefficients"
+        )
+
+
 def _setup_context(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
     ctx.save_for_backward(*inputs)
 
 
 def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-        raise NotImplementedError(
-            "allegro::tensor_product is an export op: it differentiates with respect to its "
-            "inputs x1 and x2 only, not the path weights or CG coefficients"
-        )
+    _check_input_gradients(ctx, "tensor_product")
     x1, x2, path_weights, cg = ctx.saved_tensors
     grad_x1, grad_x2 = tensor_product_backward_op(grad, x1, x2, path_weights, cg)
     return grad_x1, grad_x2, None, None
@@ -96,10 +108,98 @@ def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
 tensor_product_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("allegro::center_tensor_product", mutates_args=())
+def center_tensor_product_op(
+    x1: torch.Tensor,
+    env: torch.Tensor,
+    center: torch.Tensor,
+    path_weights: torch.Tensor,
+    cg: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`tensor_product_op` of ``x1`` with ``env[center]``, (E,U,K)."""
+    return tensor_product(x1, env.index_select(0, center), path_weights, cg).contiguous()
+
+
+@center_tensor_product_op.register_fake
+def _(
+    x1: torch.Tensor,
+    env: torch.Tensor,
+    center: torch.Tensor,
+    path_weights: torch.Tensor,
+    cg: torch.Tensor,
+) -> torch.Tensor:
+    return x1.new_empty((x1.shape[0], x1.shape[1], cg.shape[3]))
+
+
+@torch.library.custom_op("allegro::center_tensor_product_backward", mutates_args=())
+def center_tensor_product_backward_op(
+    grad: torch.Tensor,
+    x1: torch.Tensor,
+    env: torch.Tensor,
+    center: torch.Tensor,
+    path_weights: torch.Tensor,
+    cg: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input gradients of :func:`center_tensor_product_op` for ``grad`` (E,U,K).
+
+    Returns ``(dL/dx1 (E,U,I), dL/denv (N,U,J))``, the latter summed over each atom's edges.
+    """
+    grad_x1, grad_x2 = tensor_product_backward_op(
+        grad, x1, env.index_select(0, center), path_weights, cg
+    )
+    return grad_x1, torch.zeros_like(env).index_add(0, center, grad_x2)
+
+
+@center_tensor_product_backward_op.register_fake
+def _(
+    grad: torch.Tensor,
+    x1: torch.Tensor,
+    env: torch.Tensor,
+    center: torch.Tensor,
+    path_weights: torch.Tensor,
+    cg: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(x1), torch.empty_like(env)
+
+
+def _center_backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    _check_input_gradients(ctx, "center_tensor_product")
+    x1, env, center, path_weights, cg = ctx.saved_tensors
+    grad_x1, grad_env = center_tensor_product_backward_op(grad, x1, env, center, path_weights, cg)
+    return grad_x1, grad_env, None, None, None
+
+
+center_tensor_product_op.register_autograd(_center_backward, setup_context=_setup_context)
+
+
+def center_first(cg_shape: Sequence[int]) -> bool:
+    """Whether a product with CG coefficients of shape (P, I, J, K) exports as the
+    ``center_`` pair: when I * K > 16 (and the products are not stored in fp16/bf16, see
+    :func:`custom_tensor_products`).
+
+    The per-edge bodies write (U, I*K) or (U, I*J) floats per edge several times forward
+    and backward; the center body contracts the environment once per atom, y (N, U, I, K),
+    and multiplies each center's padded block of edges by it, (W, I) @ (I, K) per atom
+    and channel, so per edge it moves only the (U, I) and (U, K) rows. Measured (ONNX
+    Runtime CPU, 2 threads, 864-atom Cu, 37k edges; docs/performance.md §8): faster at
+    I = K = 9, slower at I = K = 4 and at K = 1, where the per-edge rows are as small
+    and the padding and the regathering cost more than they save.
+    """
+    _, dim1, _, dim_out = cg_shape
+    return dim1 * dim_out > 16
+
+
 def _custom_forward(module: ChannelwiseTensorProduct) -> Any:
-    def forward(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    def forward(x1: torch.Tensor, env: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
         policy = module.matmul_policy
-        operands = policy.operands(x1, x2, module.path_weights(), module.cg)
+        weights = module.path_weights()
+        # In fp16/bf16 the operands' casts round their gradients: the environment is
+        # gathered before its cast so that its gradient is rounded per edge and summed
+        # over the center's edges in the model dtype, which the center form cannot do.
+        if center_first(module.cg.shape) and policy.precision.reduced_dtype is None:
+            operands = policy.operands(x1, env, weights, module.cg)
+            return policy.result(center_tensor_product_op(*operands[:2], center, *operands[2:]))
+        operands = policy.operands(x1, env.index_select(0, center), weights, module.cg)
         return policy.result(tensor_product_op(*operands))
 
     return forward
@@ -108,8 +208,12 @@ def _custom_forward(module: ChannelwiseTensorProduct) -> Any:
 @contextlib.contextmanager
 def custom_tensor_products(model: torch.nn.Module) -> Iterator[None]:
     """Within the block, every :class:`ChannelwiseTensorProduct` of ``model`` calls
-    ``allegro::tensor_product`` (same inputs, weights and CG buffer as its own forward,
-    rounded by its ``matmul_policy`` as its own forward rounds them).
+    ``allegro::center_tensor_product`` where :func:`center_first` chooses it, else
+    ``allegro::tensor_product`` of the gathered environment (same inputs, weights and CG
+    buffer as its own forward, rounded by its ``matmul_policy`` as its own forward rounds
+    them). Under an fp16/bf16 policy every layer takes the gathered form: the environment's
+    gradient is then rounded per edge and summed in the model dtype, as in the module's
+    own forward, where the center form would round the sum.
 
     Only the instances in ``model`` are affected (an instance attribute shadows the class
     method); they are restored on exit.

@@ -44,10 +44,10 @@ basis/spherical harmonics. Per-species scale/shift, every sum over atoms and all
 are float64.
 
 The tensor products appear as ``allegro.TensorProduct`` / ``allegro.TensorProductBackward``
-nodes (or their ``EnvFirst`` forms, chosen per layer from the static shapes) with
-model-local function bodies; sums over atoms (``index_add`` and the backward
+nodes (or their ``EnvFirst`` or ``Center`` forms, chosen per layer from the static shapes)
+with model-local function bodies; sums over atoms (``index_add`` and the backward
 of indexing) over the edges' centers as a gather into a padded (atoms, neighbors, ...)
-table and a ``ReduceSum``, the other sums over atoms as
+table summed by a product with its 0/1 occupancy, the other sums over atoms as
 ``ScatterElements(reduction="add")`` (see :mod:`allegro_deploy.exporters.onnx_functions`):
 standard ops that ONNX Runtime runs fast and TensorRT parses. Edges grouped by center, as
 neighbor lists emit them, keep the table at (atoms, most neighbors); any order is exact.

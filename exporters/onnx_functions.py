@@ -17,12 +17,23 @@ Nodes (E edges, U channels, P paths, I/J/K irreps dimensions of the inputs/outpu
         -> grad_x1 (E,U,I), grad_x2 (E,U,J)
     allegro.TensorProductEnvFirst, allegro.TensorProductEnvFirstBackward: the same
         inputs, outputs and values
+    allegro.CenterTensorProduct(x1 (E,U,I), env (N,U,J), slot_edge (N,W) int64,
+        edge_slot (E,) int64, path_weights, cg) -> out (E,U,K), the product of x1 with
+        x2 = env[center]
+    allegro.CenterTensorProductBackward(grad, x1, env, slot_edge, edge_slot,
+        path_weights, cg) -> grad_x1 (E,U,I), grad_env (N,U,J)
 
-The two pairs differ only in their function bodies, the order of the contractions:
+The first two pairs differ only in their function bodies, the order of the contractions:
 ``TensorProduct`` builds the outer product x1 ⊗ x2 and contracts it with the coupling,
-``TensorProductEnvFirst`` contracts x2 (the environment) with the coupling first. Each
-layer's pair is chosen at export time from its static CG shape (:func:`env_first`); a
-fused kernel implements both names alike (one plugin creator registered under both).
+``TensorProductEnvFirst`` contracts x2 (the environment) with the coupling first; a fused
+kernel implements both names alike (one plugin creator registered under both). The
+``Center`` pair takes the environment per atom (N atoms) with the padded layout of edges
+grouped by center (:func:`_center_slots`: slot_edge holds the edge in each of a center's
+W slots, E where empty; edge_slot each edge's flat slot n*W + w), contracts env with the
+coupling once per atom and multiplies each center's block of edges by the result; its
+backward returns the environment gradient already summed over each center's edges.
+Each layer's form is chosen at export time from its static CG shape
+(:func:`~allegro_deploy.exporters.custom_ops.center_first`, then :func:`env_first`).
 
 :func:`translation_table` also overrides ATen translations of ``torch.onnx``, keeping
 the sums over atoms fast in ONNX Runtime and parseable by TensorRT (which rejects a
@@ -67,6 +78,8 @@ TENSOR_PRODUCT = "TensorProduct"
 TENSOR_PRODUCT_BACKWARD = "TensorProductBackward"
 TENSOR_PRODUCT_ENV_FIRST = "TensorProductEnvFirst"
 TENSOR_PRODUCT_ENV_FIRST_BACKWARD = "TensorProductEnvFirstBackward"
+CENTER_TENSOR_PRODUCT = "CenterTensorProduct"
+CENTER_TENSOR_PRODUCT_BACKWARD = "CenterTensorProductBackward"
 
 allegro = Opset(DOMAIN, DOMAIN_VERSION)
 TFloat = TypeVar("TFloat", bound=Union[FLOAT, DOUBLE, FLOAT16, BFLOAT16])  # noqa: UP007
@@ -250,13 +263,156 @@ def TensorProductEnvFirstBackward(
     return op.Transpose(grad_x1, perm=[2, 0, 1]), op.Transpose(grad_x2, perm=[2, 0, 1])
 
 
+@script(allegro, default_opset=op)
+def CenterTensorProduct(
+    x1: TFloat,
+    env: TFloat,
+    slot_edge: INT64,
+    edge_slot: INT64,
+    path_weights: TFloat,
+    cg: TFloat,
+    plugin_namespace: str = PLUGIN_NAMESPACE,
+    plugin_version: str = PLUGIN_VERSION,
+) -> TFloat:
+    """TensorProduct of x1 with env[center], the environment contracted once per atom:
+    y (U, N, I, K), then each center's padded block of edges times its y, U*N GEMMs
+    (W, I) @ (I, K).
+
+    slot_edge (N, W): the edge in each of a center's W slots, E (a zero row) where empty.
+    edge_slot (E,): each edge's slot in the flattened (N*W) table.
+    """
+    channels = op.Shape(x1, start=1, end=2)
+    n_paths = op.Shape(cg, start=0, end=1)
+    dim1 = op.Shape(cg, start=1, end=2)
+    dim2 = op.Shape(cg, start=2, end=3)
+    dim_out = op.Shape(cg, start=3, end=4)
+    n_atoms = op.Shape(env, start=0, end=1)
+    width = op.Shape(slot_edge, start=1, end=2)
+    dim_ik = op.Mul(dim1, dim_out)
+    flat_cg = op.Reshape(cg, op.Concat(n_paths, op.Mul(dim_ik, dim2), axis=0), allowzero=1)
+    coupled = op.Reshape(  # (U, I, J, K)
+        op.MatMul(path_weights, flat_cg),
+        op.Concat(channels, dim1, dim2, dim_out, axis=0),
+        allowzero=1,
+    )
+    coupled_env = op.Reshape(  # (U, J, I*K)
+        op.Transpose(coupled, perm=[0, 2, 1, 3]),
+        op.Concat(channels, dim2, dim_ik, axis=0),
+        allowzero=1,
+    )
+    y = op.Reshape(  # (U, N, I, K)
+        op.MatMul(op.Transpose(env, perm=[1, 0, 2]), coupled_env),
+        op.Concat(channels, n_atoms, dim1, dim_out, axis=0),
+        allowzero=1,
+    )
+    zero_row = op.Expand(
+        op.CastLike(op.Constant(value_float=0.0), x1),
+        op.Concat(channels, op.Constant(value_ints=[1]), dim1, axis=0),
+    )
+    x1_rows = op.Concat(op.Transpose(x1, perm=[1, 0, 2]), zero_row, axis=1)  # (U, E+1, I)
+    x1_padded = op.Reshape(  # (U, N, W, I)
+        op.Gather(x1_rows, op.Reshape(slot_edge, op.Constant(value_ints=[-1])), axis=1),
+        op.Concat(channels, n_atoms, width, dim1, axis=0),
+        allowzero=1,
+    )
+    out_padded = op.Reshape(  # (U, N*W, K)
+        op.MatMul(x1_padded, y),
+        op.Concat(channels, op.Mul(n_atoms, width), dim_out, axis=0),
+        allowzero=1,
+    )
+    return op.Transpose(op.Gather(out_padded, edge_slot, axis=1), perm=[1, 0, 2])
+
+
+@script(allegro, default_opset=op)
+def CenterTensorProductBackward(
+    grad: TFloat,
+    x1: TFloat,
+    env: TFloat,
+    slot_edge: INT64,
+    edge_slot: INT64,
+    path_weights: TFloat,
+    cg: TFloat,
+    plugin_namespace: str = PLUGIN_NAMESPACE,
+    plugin_version: str = PLUGIN_VERSION,
+) -> tuple[TFloat, TFloat]:
+    """Input gradients of CenterTensorProduct: grad_x1 (E, U, I) from the padded grad
+    times y^T per atom and channel, grad_env (N, U, J) from the padded x1^T times the
+    padded grad (the sum over each center's edges) contracted with the coupling. y and
+    the padded x1 are the forward's nodes (ONNX Runtime merges them)."""
+    channels = op.Shape(x1, start=1, end=2)
+    n_paths = op.Shape(cg, start=0, end=1)
+    dim1 = op.Shape(cg, start=1, end=2)
+    dim2 = op.Shape(cg, start=2, end=3)
+    dim_out = op.Shape(cg, start=3, end=4)
+    n_edges = op.Shape(x1, start=0, end=1)
+    n_atoms = op.Shape(env, start=0, end=1)
+    width = op.Shape(slot_edge, start=1, end=2)
+    dim_ik = op.Mul(dim1, dim_out)
+    flat_cg = op.Reshape(cg, op.Concat(n_paths, op.Mul(dim_ik, dim2), axis=0), allowzero=1)
+    coupled = op.Reshape(  # (U, I, J, K)
+        op.MatMul(path_weights, flat_cg),
+        op.Concat(channels, dim1, dim2, dim_out, axis=0),
+        allowzero=1,
+    )
+    coupled_env = op.Reshape(  # (U, J, I*K)
+        op.Transpose(coupled, perm=[0, 2, 1, 3]),
+        op.Concat(channels, dim2, dim_ik, axis=0),
+        allowzero=1,
+    )
+    y = op.Reshape(  # (U, N, I, K)
+        op.MatMul(op.Transpose(env, perm=[1, 0, 2]), coupled_env),
+        op.Concat(channels, n_atoms, dim1, dim_out, axis=0),
+        allowzero=1,
+    )
+    zero_row = op.Expand(
+        op.CastLike(op.Constant(value_float=0.0), x1),
+        op.Concat(channels, op.Constant(value_ints=[1]), dim1, axis=0),
+    )
+    x1_rows = op.Concat(op.Transpose(x1, perm=[1, 0, 2]), zero_row, axis=1)  # (U, E+1, I)
+    slots = op.Reshape(slot_edge, op.Constant(value_ints=[-1]))
+    x1_padded = op.Reshape(  # (U, N, W, I), zero in empty slots
+        op.Gather(x1_rows, slots, axis=1),
+        op.Concat(channels, n_atoms, width, dim1, axis=0),
+        allowzero=1,
+    )
+    # empty slots gather the last edge's grad; their products meet zero x1 rows or are dropped
+    last_edge = op.Sub(n_edges, op.Constant(value_ints=[1]))
+    grad_padded = op.Reshape(  # (U, N, W, K)
+        op.Gather(op.Transpose(grad, perm=[1, 0, 2]), op.Min(slots, last_edge), axis=1),
+        op.Concat(channels, n_atoms, width, dim_out, axis=0),
+        allowzero=1,
+    )
+    grad_x1_padded = op.Reshape(  # (U, N*W, I)
+        op.MatMul(grad_padded, op.Transpose(y, perm=[0, 1, 3, 2])),
+        op.Concat(channels, op.Mul(n_atoms, width), dim1, axis=0),
+        allowzero=1,
+    )
+    grad_x1 = op.Transpose(op.Gather(grad_x1_padded, edge_slot, axis=1), perm=[1, 0, 2])
+    grad_y = op.Reshape(  # (U, N, I*K): Σ over each center's edges of x1 ⊗ grad
+        op.MatMul(op.Transpose(x1_padded, perm=[0, 1, 3, 2]), grad_padded),
+        op.Concat(channels, n_atoms, dim_ik, axis=0),
+        allowzero=1,
+    )
+    coupled_ik = op.Reshape(  # (U, I*K, J)
+        op.Transpose(coupled, perm=[0, 1, 3, 2]),
+        op.Concat(channels, dim_ik, dim2, axis=0),
+        allowzero=1,
+    )
+    grad_env = op.Transpose(op.MatMul(grad_y, coupled_ik), perm=[1, 0, 2])
+    return grad_x1, grad_env
+
+
 _FLOAT_TYPES = ["tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)"]
+
+
+_INDEX_INPUTS = ("slot_edge", "edge_slot")
 
 
 def _schema(
     name: str, doc: str, inputs: Sequence[str], outputs: Sequence[str]
 ) -> onnx.defs.OpSchema:
-    """OpSchema of an ``allegro`` node: float inputs/outputs of one type T, plugin attributes."""
+    """OpSchema of an ``allegro`` node: float inputs/outputs of one type T (int64 for the
+    slot tables), plugin attributes."""
     parameter = onnx.defs.OpSchema.FormalParameter
     attribute = onnx.defs.OpSchema.Attribute
     return onnx.defs.OpSchema(
@@ -264,7 +420,7 @@ def _schema(
         DOMAIN,
         DOMAIN_VERSION,
         doc,
-        inputs=[parameter(n, "T") for n in inputs],
+        inputs=[parameter(n, "tensor(int64)" if n in _INDEX_INPUTS else "T") for n in inputs],
         outputs=[parameter(n, "T") for n in outputs],
         type_constraints=[("T", _FLOAT_TYPES, "float type")],
         attributes=[
@@ -305,6 +461,24 @@ _env_first_backward_node = Op(
         "input gradients of the channel-wise tensor product",
         ("grad", *_TP_INPUTS),
         ["grad_x1", "grad_x2"],
+    ),
+)
+
+
+_CENTER_INPUTS = ("x1", "env", *_INDEX_INPUTS, "path_weights", "cg")
+_center_node = Op(
+    allegro,
+    CENTER_TENSOR_PRODUCT,
+    _schema(CENTER_TENSOR_PRODUCT, "channel-wise tensor product", _CENTER_INPUTS, ["out"]),
+)
+_center_backward_node = Op(
+    allegro,
+    CENTER_TENSOR_PRODUCT_BACKWARD,
+    _schema(
+        CENTER_TENSOR_PRODUCT_BACKWARD,
+        "input gradients of the channel-wise tensor product",
+        ("grad", *_CENTER_INPUTS),
+        ["grad_x1", "grad_env"],
     ),
 )
 
@@ -387,30 +561,43 @@ def _translate_index_put(
     )
 
 
-def _translate_center_sum(base: TFloat, center: INT64, values: TFloat) -> TFloat:
-    """``base.index_add(0, center, values)`` for the sums of edge rows onto their centers,
-    as a gather into a padded (atoms, width, row) table summed by a product with its 0/1
-    occupancy, ``(atoms, 1, width) @ (atoms, width, row)``.
+def _center_slots(center: INT64, n_atoms: INT64) -> tuple[INT64, INT64, INT64]:
+    """The padded (atoms, width) layout of edges grouped by center: every edge ``e`` takes
+    slot ``e - first[center[e]]`` of its center's row, ``first`` being the center's first
+    edge; ``width`` is the largest slot + 1, the number of neighbors when each center's
+    edges are consecutive, as neighbor lists emit them (any order is still exact; only the
+    table grows with the spread of a center's edges).
 
-    Each edge ``e`` goes to slot ``e - first[center[e]]`` of its center's row, ``first``
-    being the center's first edge; ``width`` is the largest slot + 1, the number of
-    neighbors when each center's edges are consecutive, as neighbor lists emit them. Any
-    order is summed exactly, in edge order; only the table grows with the spread of a
-    center's edges. Empty slots gather edge 0 and weigh 0. ONNX Runtime runs the gather
-    and the product over whole rows, where ``ScatterElements`` adds one element at a time
-    (100x slower); the product also replaces appending a zero row for the empty slots (a
-    copy of all edge rows) and a ``ReduceSum``. TensorRT parses all of it (it rejects a
-    ``ScatterND`` with a reduction).
+    Returns ``edges`` (E,) = 0..E-1, ``edge_slot`` (E,) the flat index ``center * width +
+    slot`` of every edge, and ``width`` (1,).
     """
     n_edges = op.Shape(center)
     edges = op.Range(op.Constant(value_int=0), op.Squeeze(n_edges), op.Constant(value_int=1))
-    n_atoms = op.Shape(base, start=0, end=1)
     first = op.ScatterElements(op.Expand(n_edges, n_atoms), center, edges, reduction="min")
     slot = op.Sub(edges, op.Gather(first, center))
+    width = op.Add(
+        op.ReduceMax(op.Concat(slot, op.Constant(value_ints=[-1]), axis=0)),
+        op.Constant(value_ints=[1]),
+    )
+    return edges, op.Add(op.Mul(center, width), slot), width
+
+
+def _translate_center_sum(base: TFloat, center: INT64, values: TFloat) -> TFloat:
+    """``base.index_add(0, center, values)`` for the sums of edge rows onto their centers,
+    as a gather into the padded (atoms, width, row) table of :func:`_center_slots` summed
+    by a product with its 0/1 occupancy, ``(atoms, 1, width) @ (atoms, width, row)``.
+
+    Every order of edges is summed exactly, in edge order. Empty slots gather edge 0 and
+    weigh 0. ONNX Runtime runs the gather and the product over whole rows, where
+    ``ScatterElements`` adds one element at a time (100x slower); the product also
+    replaces appending a zero row for the empty slots (a copy of all edge rows) and a
+    ``ReduceSum``. TensorRT parses all of it (it rejects a ``ScatterND`` with a reduction).
+    """
+    n_atoms = op.Shape(base, start=0, end=1)
+    edges, cell, width = _center_slots(center, n_atoms)
+    n_edges = op.Shape(center)
     one = op.Constant(value_ints=[1])
-    width = op.Add(op.ReduceMax(op.Concat(slot, op.Constant(value_ints=[-1]), axis=0)), one)
     cells = op.Mul(n_atoms, width)
-    cell = op.Add(op.Mul(center, width), slot)
     table = op.ScatterElements(op.Expand(op.Constant(value_ints=[0]), cells), cell, edges)
     occupied = op.ScatterElements(
         op.Expand(op.CastLike(op.Constant(value_float=0.0), values), cells),
@@ -426,6 +613,53 @@ def _translate_center_sum(base: TFloat, center: INT64, values: TFloat) -> TFloat
     weights = op.Reshape(occupied, op.Concat(n_atoms, one, width, axis=0), allowzero=1)
     total = op.MatMul(weights, padded)
     return op.Add(base, op.Reshape(total, op.Concat(n_atoms, row_shape, axis=0), allowzero=1))
+
+
+def _center_tables(env: TFloat, center: INT64) -> tuple[INT64, INT64]:
+    """``slot_edge`` (N, W), the edge in every slot of :func:`_center_slots`'s table or E
+    where empty, and ``edge_slot`` (E,), for the ``CenterTensorProduct`` nodes."""
+    n_atoms = op.Shape(env, start=0, end=1)
+    edges, edge_slot, width = _center_slots(center, n_atoms)
+    slot_edge = op.ScatterElements(
+        op.Expand(op.Shape(center), op.Mul(n_atoms, width)), edge_slot, edges
+    )
+    return op.Reshape(slot_edge, op.Concat(n_atoms, width, axis=0), allowzero=1), edge_slot
+
+
+def _translate_center_tensor_product(
+    x1: TFloat, env: TFloat, center: INT64, path_weights: TFloat, cg: TFloat
+) -> TFloat:
+    """``allegro::center_tensor_product`` -> one ``allegro.CenterTensorProduct`` node."""
+    slot_edge, edge_slot = _center_tables(env, center)
+    return _center_node(
+        x1,
+        env,
+        slot_edge,
+        edge_slot,
+        path_weights,
+        cg,
+        plugin_namespace=PLUGIN_NAMESPACE,
+        plugin_version=PLUGIN_VERSION,
+    )
+
+
+def _translate_center_tensor_product_backward(
+    grad: TFloat, x1: TFloat, env: TFloat, center: INT64, path_weights: TFloat, cg: TFloat
+) -> tuple[TFloat, TFloat]:
+    """``allegro::center_tensor_product_backward`` -> one
+    ``allegro.CenterTensorProductBackward`` node."""
+    slot_edge, edge_slot = _center_tables(env, center)
+    return _center_backward_node(
+        grad,
+        x1,
+        env,
+        slot_edge,
+        edge_slot,
+        path_weights,
+        cg,
+        plugin_namespace=PLUGIN_NAMESPACE,
+        plugin_version=PLUGIN_VERSION,
+    )
 
 
 def _translate_scalar_tensor(
@@ -444,6 +678,10 @@ def translation_table() -> dict[Callable, Callable]:
     return {
         torch.ops.allegro.tensor_product.default: _translate_tensor_product,
         torch.ops.allegro.tensor_product_backward.default: _translate_tensor_product_backward,
+        torch.ops.allegro.center_tensor_product.default: _translate_center_tensor_product,
+        torch.ops.allegro.center_tensor_product_backward.default: (
+            _translate_center_tensor_product_backward
+        ),
         torch.ops.allegro.center_sum.default: _translate_center_sum,
         torch.ops.aten.index_put.default: _translate_index_put,
         torch.ops.aten.scalar_tensor.default: _translate_scalar_tensor,
@@ -457,5 +695,7 @@ def function_protos() -> list[onnx.FunctionProto]:
         TensorProductBackward,
         TensorProductEnvFirst,
         TensorProductEnvFirstBackward,
+        CenterTensorProduct,
+        CenterTensorProductBackward,
     ]
     return [body.to_function_proto() for body in bodies]

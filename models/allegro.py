@@ -191,8 +191,7 @@ class AllegroModel(torch.nn.Module):
             env_edges = self.weighted_channels(sh_edges_last, env_weights).permute(2, 0, 1)
             env = torch.zeros((n_atoms, *env_edges.shape[1:]), dtype=dtype, device=sh.device)
             env = env.index_add(0, center, env_edges) * env_norm
-            env_of_edges = env.index_select(0, center)
-            tensor_features = tp(tensor_features.permute(2, 0, 1), env_of_edges).permute(1, 2, 0)
+            tensor_features = tp(tensor_features.permute(2, 0, 1), env, center).permute(1, 2, 0)
             inputs = (*scalar_features, tensor_features[:, 0].T)
             if layer < c.num_layers - 1:
                 latents, env_weights = latent.forward_split(

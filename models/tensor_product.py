@@ -137,9 +137,16 @@ class ChannelwiseTensorProduct(torch.nn.Module):
         """(U, n_paths) weights, broadcast over channels when they are shared."""
         return self.weights.expand(self.channels, len(self.paths))
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        """x1: (n_edges, U, irreps_in.dim), x2: (n_edges, U, irreps_env.dim) -> (n_edges, U, K)."""
+    def forward(self, x1: torch.Tensor, env: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+        """Couple each edge's features with the environment of its center atom.
+
+        x1: (n_edges, U, irreps_in.dim) edge tensor features.
+        env: (n_atoms, U, irreps_env.dim) environment embedding of every atom.
+        center: (n_edges,) int64 center atom of each edge.
+        Returns (n_edges, U, irreps_out.dim).
+        """
         policy = self.matmul_policy
+        x2 = env.index_select(0, center)
         return policy.result(tensor_product(*policy.operands(x1, x2, self.path_weights(), self.cg)))
 
     def extra_repr(self) -> str:

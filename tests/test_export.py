@@ -15,10 +15,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 from e3nn import o3
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from allegro_deploy.cli import main
 from allegro_deploy.exporters import onnx_export
 from allegro_deploy.exporters.custom_ops import (
+    center_first,
+    center_tensor_product_backward_op,
+    center_tensor_product_op,
     custom_tensor_products,
     tensor_product_backward_op,
     tensor_product_op,
@@ -41,7 +45,8 @@ from allegro_deploy.exporters.onnx_functions import (
 )
 from allegro_deploy.models import AllegroModel, AtomicGraph, ModelConfig
 from allegro_deploy.models.checkpoint import save_checkpoint
-from allegro_deploy.models.tensor_product import ChannelwiseTensorProduct, tensor_product
+from allegro_deploy.models.precision import matmul_precision
+from allegro_deploy.models.tensor_product import ChannelwiseTensorProduct
 
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
 
@@ -189,8 +194,13 @@ def test_file_passes_full_check_and_keeps_custom_nodes(exported, key) -> None:
     proto = onnx.load(exported[key])
     onnx.checker.check_model(proto, full_check=True)
     custom = [n for n in proto.graph.node if n.domain == DOMAIN]
-    # both layers (9 x 9 -> 9 and 9 x 9 -> 1) contract the environment first
-    names = ["TensorProductEnvFirst", "TensorProductEnvFirstBackward"]
+    # layer 0 (9 x 9 -> 9) contracts the environment per atom, layer 1 (9 x 9 -> 1) per edge
+    names = [
+        "CenterTensorProduct",
+        "CenterTensorProductBackward",
+        "TensorProductEnvFirst",
+        "TensorProductEnvFirstBackward",
+    ]
     assert sorted({n.op_type for n in custom}) == names
     assert len(custom) == 4  # forward and backward of 2 layers
     for node in custom:
@@ -419,30 +429,53 @@ def test_model_variants_export_and_verify(tmp_path: Path, target: str, dtype: st
 # --------------------------------------------------------------------------- ops
 
 
-def test_custom_ops_match_the_model_tensor_product_and_its_gradients() -> None:
+@pytest.mark.parametrize(
+    "irreps", [("0e+1o+2e", "0e+1o+2e", "0e+1o+2e"), ("0e+1o+2e", "0e+1o+2e", "0e")]
+)
+def test_custom_ops_match_the_model_tensor_product_and_its_gradients(
+    irreps: tuple[str, str, str],
+) -> None:
     torch.manual_seed(1)
-    tp = make_model().tensor_products[0].requires_grad_(False)
+    tp = _product(irreps).double().requires_grad_(False)
+    n_atoms, center = 4, torch.tensor([2, 0, 2, 3, 0, 2, 3])  # atom 1 has no edges
     x1 = torch.randn(7, tp.channels, tp.cg.shape[1], dtype=torch.float64, requires_grad=True)
-    x2 = torch.randn(7, tp.channels, tp.cg.shape[2], dtype=torch.float64, requires_grad=True)
+    env = torch.randn(n_atoms, tp.channels, tp.cg.shape[2], dtype=torch.float64)
+    env.requires_grad_(True)
     with custom_tensor_products(tp):
-        out = tp(x1, x2)
+        out = tp(x1, env, center)
     assert "forward" not in vars(tp)  # restored
-    expected = tensor_product(x1, x2, tp.path_weights(), tp.cg)
+    expected = tp(x1, env, center)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     grad = torch.randn_like(out)
-    got = torch.autograd.grad(out, (x1, x2), grad)
-    want = torch.autograd.grad(expected, (x1, x2), grad)
+    got = torch.autograd.grad(out, (x1, env), grad)
+    want = torch.autograd.grad(expected, (x1, env), grad)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     weights = tp.path_weights().detach()
     assert torch.autograd.gradcheck(
-        lambda a, b: tensor_product_op(a, b, weights, tp.cg), (x1[:2], x2[:2])
+        lambda a, b: center_tensor_product_op(a, b, center[:3], weights, tp.cg),
+        (x1[:3], env),
     )
+    assert torch.autograd.gradcheck(
+        lambda a, b: tensor_product_op(a, b, weights, tp.cg), (x1[:2], env[:2])
+    )
+    weights.requires_grad_(True)
     with pytest.raises(NotImplementedError, match="not the path weights"):
-        tensor_product_op(x1, x2, weights.requires_grad_(True), tp.cg).sum().backward()
+        tensor_product_op(x1, env[center], weights, tp.cg).sum().backward()
+    with pytest.raises(NotImplementedError, match="not the path weights"):
+        center_tensor_product_op(x1, env, center, weights, tp.cg).sum().backward()
 
 
-_RANKS = {"x1": 3, "x2": 3, "grad": 3, "path_weights": 2, "cg": 4}
+_RANKS = {
+    "x1": 3,
+    "x2": 3,
+    "env": 3,
+    "slot_edge": 2,
+    "edge_slot": 1,
+    "grad": 3,
+    "path_weights": 2,
+    "cg": 4,
+}
 
 
 def _function_model(name: str, inputs: list[str], outputs: list[str], dtype: int) -> bytes:
@@ -451,7 +484,14 @@ def _function_model(name: str, inputs: list[str], outputs: list[str], dtype: int
     graph = onnx.helper.make_graph(
         [node],
         name,
-        [onnx.helper.make_tensor_value_info(n, dtype, [None] * _RANKS[n]) for n in inputs],
+        [
+            onnx.helper.make_tensor_value_info(
+                n,
+                onnx.TensorProto.INT64 if n in ("slot_edge", "edge_slot") else dtype,
+                [None] * _RANKS[n],
+            )
+            for n in inputs
+        ],
         [onnx.helper.make_tensor_value_info(n, dtype, [None] * 3) for n in outputs],
     )
     model = onnx.helper.make_model(
@@ -516,6 +556,116 @@ def test_function_bodies_match_the_custom_ops(
     ):
         session = ort.InferenceSession(_function_model(name, inputs, outputs, onnx_dtype))
         got = session.run(None, {n: feeds[n].numpy() for n in inputs})
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(torch.from_numpy(a), b, **tol)
+
+
+def _center_tables(center: np.ndarray, n_atoms: int) -> tuple[np.ndarray, np.ndarray]:
+    """slot_edge (N, W) and edge_slot (E,) of the CenterTensorProduct nodes, in numpy."""
+    edges = np.arange(len(center))
+    first = np.full(n_atoms, len(center))
+    np.minimum.at(first, center, edges)
+    slot = edges - first[center]
+    width = int(slot.max(initial=-1)) + 1
+    edge_slot = center * width + slot
+    slot_edge = np.full(n_atoms * width, len(center))
+    slot_edge[edge_slot] = edges
+    return slot_edge.reshape(n_atoms, width), edge_slot
+
+
+def test_center_first_where_the_per_edge_rows_are_large() -> None:
+    assert center_first((11, 9, 9, 9)) and center_first((9, 4, 4, 7))
+    assert not center_first((3, 4, 4, 1)) and not center_first((11, 9, 9, 1))
+    assert not center_first((5, 4, 4, 4))
+
+
+class _OpNames(TorchDispatchMode):
+    """Records the name of every op dispatched in the block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        self.names.add(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    ("precision", "op"),
+    [
+        ("fp32", "allegro.center_tensor_product.default"),
+        ("tf32", "allegro.center_tensor_product.default"),
+        ("fp16", "allegro.tensor_product.default"),
+        ("bf16", "allegro.tensor_product.default"),
+    ],
+)
+def test_fp16_and_bf16_sum_the_environment_gradient_per_edge(precision: str, op: str) -> None:
+    tp = _product(("0e+1o+2e", "0e+1o+2e", "0e+1o+2e")).float()
+    assert center_first(tp.cg.shape)
+    x1 = torch.randn(5, tp.channels, 9)
+    env, center = torch.randn(2, tp.channels, 9), torch.tensor([0, 0, 1, 1, 1])
+    with matmul_precision(tp, precision), custom_tensor_products(tp), _OpNames() as ops:
+        tp(x1, env, center)
+    products = {"allegro.center_tensor_product.default", "allegro.tensor_product.default"}
+    assert products & ops.names == {op}
+
+
+@pytest.mark.parametrize(
+    "center",
+    [
+        [],
+        [1],
+        [0, 0, 2, 2, 2, 3, 3, 3, 3],  # grouped, atom 1 without edges
+        [3, 0, 2, 3, 0, 2, 3, 2, 3, 0, 1, 1, 0],  # any order
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    "irreps",
+    [("0e+1o+2e", "0e+1o+2e", "0e+1o+2e"), ("0e+1o", "0e+1o", "0e+1o+1e")],
+)
+def test_center_function_bodies_match_the_custom_ops(
+    center: list[int], dtype: torch.dtype, irreps: tuple[str, str, str]
+) -> None:
+    torch.manual_seed(3)
+    tp = _product(irreps)
+    cg = tp.cg.to(dtype)
+    n_atoms, center_index = 4, torch.tensor(center, dtype=torch.int64)
+    n_edges = len(center)
+    weights = torch.randn(tp.channels, cg.shape[0], dtype=dtype)
+    x1 = torch.randn(n_edges, tp.channels, cg.shape[1], dtype=dtype)
+    env = torch.randn(n_atoms, tp.channels, cg.shape[2], dtype=dtype)
+    grad = torch.randn(n_edges, tp.channels, cg.shape[3], dtype=dtype)
+    slot_edge, edge_slot = _center_tables(np.array(center, dtype=np.int64), n_atoms)
+    onnx_dtype = onnx.TensorProto.DOUBLE if dtype == torch.float64 else onnx.TensorProto.FLOAT
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    feeds = {
+        "x1": x1.numpy(),
+        "env": env.numpy(),
+        "slot_edge": slot_edge,
+        "edge_slot": edge_slot,
+        "path_weights": weights.numpy(),
+        "cg": cg.numpy(),
+        "grad": grad.numpy(),
+    }
+    inputs = ["x1", "env", "slot_edge", "edge_slot", "path_weights", "cg"]
+    for name, names, outputs, expected in (
+        (
+            "CenterTensorProduct",
+            inputs,
+            ["out"],
+            [center_tensor_product_op(x1, env, center_index, weights, cg)],
+        ),
+        (
+            "CenterTensorProductBackward",
+            ["grad", *inputs],
+            ["grad_x1", "grad_env"],
+            list(center_tensor_product_backward_op(grad, x1, env, center_index, weights, cg)),
+        ),
+    ):
+        session = ort.InferenceSession(_function_model(name, names, outputs, onnx_dtype))
+        got = session.run(None, {n: feeds[n] for n in names})
         for a, b in zip(got, expected, strict=True):
             torch.testing.assert_close(torch.from_numpy(a), b, **tol)
 

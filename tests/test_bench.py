@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from exported_models import small_model
 from torch.utils.flop_counter import FlopCounterMode
 
+from allegro_deploy import bench
 from allegro_deploy.bench import (
     BackendSpec,
     Case,
@@ -62,6 +63,18 @@ def test_bench_from_checkpoint_writes_table_json_and_plot(checkpoint: Path, tmp_
         assert row["flops"] > 0 and row["peak_memory"] is None
         assert row["force_deviation"] < 1e-5  # float32 export against float32 torch
     assert (out / "bench_scaling.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_floor_uses_the_faster_gemm_rate_of_before_and_after_the_timings(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy moment during one rate measurement must not make the floor look closer."""
+    rates = iter([1.0e9, 3.0e9])
+    monkeypatch.setattr(bench, "gemm_rate", lambda threads: next(rates))
+    specs = [BackendSpec("torch", str(checkpoint), 1)]
+    report = run_bench(specs, [Case("fcc", 4, ("Cu",))], small_model("float32"), repeats=1,
+                       memory=False, threads=1)  # fmt: skip
+    assert report.gemm_rate == 3.0e9 and next(rates, None) is None
 
 
 @pytest.mark.parametrize(

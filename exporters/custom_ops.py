@@ -178,12 +178,12 @@ def center_first(cg_shape: Sequence[int]) -> bool:
     :func:`custom_tensor_products`).
 
     The per-edge bodies write (U, I*K) or (U, I*J) floats per edge several times forward
-    and backward; the center body contracts the environment once per atom, y (N, U, I, K),
+    and backward; the center body contracts the environment once per atom, y (U, N, I, K),
     and multiplies each center's padded block of edges by it, (W, I) @ (I, K) per atom
     and channel, so per edge it moves only the (U, I) and (U, K) rows. Measured (ONNX
     Runtime CPU, 2 threads, 864-atom Cu, 37k edges; docs/performance.md §8): faster at
-    I = K = 9, slower at I = K = 4 and at K = 1, where the per-edge rows are as small
-    and the padding and the regathering cost more than they save.
+    I = K = 9, slower at I = K = 4, even at 9 x 9 -> 1: where the per-edge arrays are
+    small, the padding and the regathering cost as much as they save.
     """
     _, dim1, _, dim_out = cg_shape
     return dim1 * dim_out > 16

@@ -594,14 +594,14 @@ def _translate_center_sum(base: TFloat, center: INT64, values: TFloat) -> TFloat
     ``ReduceSum``. TensorRT parses all of it (it rejects a ``ScatterND`` with a reduction).
     """
     n_atoms = op.Shape(base, start=0, end=1)
-    edges, cell, width = _center_slots(center, n_atoms)
+    edges, edge_slot, width = _center_slots(center, n_atoms)
     n_edges = op.Shape(center)
     one = op.Constant(value_ints=[1])
-    cells = op.Mul(n_atoms, width)
-    table = op.ScatterElements(op.Expand(op.Constant(value_ints=[0]), cells), cell, edges)
+    slots = op.Mul(n_atoms, width)
+    table = op.ScatterElements(op.Expand(op.Constant(value_ints=[0]), slots), edge_slot, edges)
     occupied = op.ScatterElements(
-        op.Expand(op.CastLike(op.Constant(value_float=0.0), values), cells),
-        cell,
+        op.Expand(op.CastLike(op.Constant(value_float=0.0), values), slots),
+        edge_slot,
         op.Expand(op.CastLike(op.Constant(value_float=1.0), values), n_edges),
     )
     row_shape = op.Shape(values, start=1)

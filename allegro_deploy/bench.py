@@ -70,6 +70,11 @@ TIMED = (
 MOLECULE_ATOMS = 21
 RATTLE = 0.05
 """Å, standard deviation of the random displacement of every atom of a workload."""
+WARMUP = 2
+"""Untimed calls per (backend, workload) before the timed ones. ONNX Runtime reaches its
+steady state on the third call: the first grows its memory arena and the second allocates
+the memory pattern the first recorded (each ~450k page faults, 1.7 s instead of 1.0 s,
+for the large benchmark model on 864 Cu; docs/performance.md §9)."""
 MEMORY_HEADROOM = 0.8
 """Fraction of the available memory a (backend, workload) may be projected to use."""
 RUNTIME_HOST_BYTES_PER_EDGE = 120
@@ -782,7 +787,7 @@ def run_bench(
     model: AllegroModel,
     *,
     repeats: int = 5,
-    warmup: int = 1,
+    warmup: int = WARMUP,
     memory: bool = True,
     threads: int | None = None,
     unavailable: dict[str, str] | None = None,

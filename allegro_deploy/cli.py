@@ -497,7 +497,11 @@ def _parse_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
     help="Comma-separated subset of official, torch, ort-cpu, ort-cuda, tensorrt (default: all).",
 )
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--warmup", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=1),
+    help="Untimed calls before the timed ones [default: 2, ONNX Runtime's steady state].",
+)
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: per core).")
 @click.option(
     "--memory/--no-memory",
@@ -517,7 +521,7 @@ def bench(
     molecules: int,
     backends: str | None,
     repeats: int,
-    warmup: int,
+    warmup: int | None,
     threads: int | None,
     memory: bool,
     out: Path | None,
@@ -528,7 +532,7 @@ def bench(
 
     from rich.console import Console
 
-    from allegro_deploy.bench import backend_specs, default_cases, load_model, run_bench
+    from allegro_deploy.bench import WARMUP, backend_specs, default_cases, load_model, run_bench
 
     console = Console(width=None if sys.stdout.isatty() else 140)
     torch_model = load_model(model)
@@ -543,7 +547,7 @@ def bench(
             cases,
             torch_model,
             repeats=repeats,
-            warmup=warmup,
+            warmup=WARMUP if warmup is None else warmup,
             memory=memory,
             threads=threads,
             unavailable=unavailable,

@@ -1,6 +1,6 @@
 """CPU inference speed against the official nequip-allegro model, in one process run (issue 7).
 
-    python benchmarks/cpu_speed.py [--threads 2] [--repeats 7] [--repeats-large 3]
+    python benchmarks/cpu_speed.py [--threads 2] [--repeats 7] [--repeats-large 5]
         [--sizes 1000,4000,10000,32000,100000] [--out runs/cpu_speed]
 
 1. For the tutorial-size model (``CONFIG`` of ``export_speed.py``, with species H, C, O and
@@ -140,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7, help="repeats, tutorial model")
-    parser.add_argument("--repeats-large", type=int, default=3, help="repeats, larger model")
+    parser.add_argument("--repeats-large", type=int, default=5, help="repeats, larger model")
     parser.add_argument("--sizes", default="1000,4000,10000,32000,100000", help="scaling sizes")
     parser.add_argument("--out", type=Path, default=Path("runs/cpu_speed"))
     args = parser.parse_args()

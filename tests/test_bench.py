@@ -21,6 +21,7 @@ from allegro_deploy.bench import (
     Case,
     gemm_flops,
     load_official,
+    open_backend,
     peak_memory,
     run_bench,
 )
@@ -75,6 +76,23 @@ def test_floor_uses_the_faster_gemm_rate_of_before_and_after_the_timings(
     report = run_bench(specs, [Case("fcc", 4, ("Cu",))], small_model("float32"), repeats=1,
                        memory=False, threads=1)  # fmt: skip
     assert report.gemm_rate == 3.0e9 and next(rates, None) is None
+
+
+def test_timing_starts_after_two_untimed_calls(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX Runtime's first two calls allocate its memory (arena, then memory pattern)."""
+    calls = []
+
+    def counting(spec: BackendSpec) -> Callable:
+        evaluate = open_backend(spec)
+        return lambda structures: calls.append(spec.name) or evaluate(structures)
+
+    monkeypatch.setattr(bench, "open_backend", counting)
+    specs = [BackendSpec("torch", str(checkpoint), 1)]
+    report = run_bench(specs, [Case("fcc", 4, ("Cu",))], small_model("float32"), repeats=1,
+                       memory=False, threads=1)  # fmt: skip
+    assert report.warmup == 2 and calls == ["torch"] * 3
 
 
 @pytest.mark.parametrize(

@@ -86,7 +86,8 @@ def describe_onnx(path: str | Path) -> str:
         lines += [
             f"format: {meta['format']} version {meta.get('format_version')}    "
             f"target: {meta.get('target')}    dtype: {meta.get('dtype')}    precision: "
-            f"{meta.get('precision', 'full')} ({meta.get('precision_mode', 'real')})",
+            f"{meta.get('precision', 'full')} ({meta.get('precision_mode', 'real')})    "
+            f"float64 tensors: {meta.get('float64', 'true')}",
             "species: " + ", ".join(f"{s} (Z={z})" for s, z in zip(species, numbers, strict=False)),
             f"r_max: {meta.get('r_max')} Å    pair cutoffs (Å, rows = center): "
             f"{meta.get('pair_cutoffs')}",

@@ -43,6 +43,18 @@ difference of two large coordinates; the float32 body begins after the radial
 basis/spherical harmonics. Per-species scale/shift, every sum over atoms and all outputs
 are float64.
 
+Float32-only files (``float64=False``; for TensorRT, which has no float64, and other
+runtimes that compute float64 as float32) hold no float64 tensor at all. What float64
+buys moves to the runtime: it computes the edge vectors from float64 positions, adds the
+per-species energy shifts (metadata ``energy_shifts``) and sums pair forces into forces
+and virials in float64. Both targets then take float32 edge vectors and return the
+atomic energies less their shifts and the pair forces (see
+:func:`allegro_deploy.runtime.metadata.tensor_specs`).
+
+Constant subgraphs (splits and transposes of weights) are folded into initializers:
+OpenVINO 2026.4 multiplies by the untransposed weight when one weight feeds a MatMul both
+directly and through a Transpose, as the forward and backward of every linear layer do.
+
 The tensor products appear as ``allegro.TensorProduct`` / ``allegro.TensorProductBackward``
 nodes (or their ``EnvFirst`` or ``Center`` forms, chosen per layer from the static shapes)
 with model-local function bodies; sums over atoms (``index_add`` and the backward
@@ -78,7 +90,7 @@ import os
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +100,7 @@ import onnx
 import onnxruntime as ort
 import onnxscript.optimizer
 import torch
+from onnx.reference import ReferenceEvaluator
 from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -96,6 +109,13 @@ from allegro_deploy.models.allegro import AllegroModel, pair_forces_to_atoms, pa
 from allegro_deploy.models.graph import AtomicGraph
 from allegro_deploy.models.graph import edge_vectors as graph_edge_vectors
 from allegro_deploy.models.precision import dtype_precision, get_precision, matmul_precision
+from allegro_deploy.runtime.metadata import (
+    DTYPES,
+    FORMAT,
+    FORMAT_VERSION,
+    TARGETS,
+    tensor_specs,
+)
 
 from .custom_ops import custom_tensor_products
 from .onnx_functions import (
@@ -106,10 +126,6 @@ from .onnx_functions import (
     translation_table,
 )
 
-FORMAT = "allegro-deploy-onnx"
-FORMAT_VERSION = 1
-TARGETS = ("structures", "pairs")
-DTYPES = ("float32", "float64")
 TOLERANCES = {"float64": 1e-10, "float32": 1e-5}
 """Largest relative error (max |onnx - torch| / max |torch| per output) verification accepts."""
 REDUCED_TOLERANCES = {"tf32": 2e-3, "fp16": 3e-3, "bf16": 3e-2}
@@ -125,68 +141,6 @@ _log = logging.getLogger(__name__)
 
 class ExportError(RuntimeError):
     """The model cannot be exported, or the exported file failed verification."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output as documented in the file's metadata."""
-
-    name: str
-    dtype: str
-    shape: tuple[str | int, ...]
-    unit: str
-    description: str
-
-
-SPECS: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
-    "structures": (
-        (
-            TensorSpec("positions", "float64", ("atoms", 3), "Å", "Cartesian positions"),
-            TensorSpec("species", "int64", ("atoms",), "", "species index (metadata species)"),
-            TensorSpec("edge_index", "int64", (2, "edges"), "", "rows (center, neighbor)"),
-            TensorSpec(
-                "edge_shifts",
-                "float64",
-                ("edges", 3),
-                "Å",
-                "r_ij = positions[neighbor] - positions[center] + edge_shifts",
-            ),
-            TensorSpec("structure_index", "int64", ("atoms",), "", "structure of each atom"),
-            TensorSpec("n_structures", "int64", (), "", "number of structures"),
-        ),
-        (
-            TensorSpec("energy", "float64", ("structures",), "eV", "total energy"),
-            TensorSpec("atomic_energies", "float64", ("atoms",), "eV", "per-atom energy"),
-            TensorSpec("forces", "float64", ("atoms", 3), "eV/Å", "-dE/dr"),
-            TensorSpec(
-                "virial",
-                "float64",
-                ("structures", 3, 3),
-                "eV",
-                "-dE/dε (symmetric strain); stress = -virial / volume",
-            ),
-            TensorSpec(
-                "atomic_virials",
-                "float64",
-                ("atoms", 3, 3),
-                "eV",
-                "per-atom virial, each edge split half to center, half to neighbor",
-            ),
-        ),
-    ),
-    "pairs": (
-        (
-            TensorSpec("edge_vectors", "float64", ("edges", 3), "Å", "r_ij = x_j - x_i"),
-            TensorSpec("species", "int64", ("atoms",), "", "species of local + ghost atoms"),
-            TensorSpec("edge_index", "int64", (2, "edges"), "", "rows (center, neighbor)"),
-            TensorSpec("n_local", "int64", (), "", "local atoms, the first n_local"),
-        ),
-        (
-            TensorSpec("atomic_energies", "float64", ("local_atoms",), "eV", "local atoms"),
-            TensorSpec("pair_forces", "float64", ("edges", 3), "eV/Å", "∂E/∂r_ij"),
-        ),
-    ),
-}
 
 
 @dataclass
@@ -296,7 +250,29 @@ def pairs_outputs(
     return atomic.detach(), pair_gradient
 
 
-_OUTPUT_FUNCTIONS = {"structures": structures_outputs, "pairs": pairs_outputs}
+def edges_outputs(
+    atomic_energies: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    edge_vectors: torch.Tensor,
+    species: torch.Tensor,
+    edge_index: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs of a float32-only ``structures`` file: atomic energies (N,), ∂E/∂r_ij (E, 3)."""
+    edge_vectors = edge_vectors.detach()
+    with torch.enable_grad():
+        edge_vectors.requires_grad_(True)
+        atomic = atomic_energies(edge_vectors, species, edge_index)
+        (pair_gradient,) = torch.autograd.grad(
+            atomic.sum(), edge_vectors, allow_unused=True, materialize_grads=True
+        )
+    return atomic.detach(), pair_gradient
+
+
+def _output_function(target: str, float64: bool) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """The outputs of a ``target`` file (see :func:`tensor_specs`) from the model's
+    ``atomic_energies`` and the file's inputs."""
+    if target == "pairs":
+        return pairs_outputs
+    return structures_outputs if float64 else edges_outputs
 
 
 class _AtomicEnergies(torch.nn.Module):
@@ -309,7 +285,10 @@ class _AtomicEnergies(torch.nn.Module):
     def forward(
         self, edge_vectors: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor
     ) -> torch.Tensor:
-        return self.model.atomic_energies(edge_vectors, species, edge_index)
+        # a float32-only model leaves the float64 energy shifts to the runtime
+        return self.model.atomic_energies(
+            edge_vectors, species, edge_index, shifted=self.model.float64
+        )
 
 
 class _TracedGraph(torch.nn.Module):
@@ -430,7 +409,7 @@ def trace(model: AllegroModel, target: str, inputs: Sequence[torch.Tensor]) -> t
     names = [name for name, _ in wrapper.named_parameters()]
     names += [name for name, _ in wrapper.named_buffers()]
     state = [t.detach() for t in wrapper.parameters()] + list(wrapper.buffers())
-    outputs = _OUTPUT_FUNCTIONS[target]
+    outputs = _output_function(target, model.float64)
     n_inputs = len(inputs)
 
     def function(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -453,7 +432,7 @@ def trace(model: AllegroModel, target: str, inputs: Sequence[torch.Tensor]) -> t
             _allow_non_fake_inputs=True,
         )(*inputs, *state)
     edge_index = list(graph.graph.find_nodes(op="placeholder"))[
-        [spec.name for spec in SPECS[target][0]].index("edge_index")
+        [spec.name for spec in tensor_specs(target, model.float64)[0]].index("edge_index")
     ]
     _mark_center_sums(graph, edge_index)
     return _TracedGraph(graph, state)
@@ -540,7 +519,18 @@ def pairs_inputs(graph: AtomicGraph) -> tuple[torch.Tensor, ...]:
     )
 
 
-_INPUT_FUNCTIONS = {"structures": structures_inputs, "pairs": pairs_inputs}
+def target_inputs(graph: AtomicGraph, target: str, float64: bool = True) -> list[torch.Tensor]:
+    """Inputs of a ``target`` file for ``graph``, in the file's dtypes (a float32-only
+    ``structures`` file takes the edge vectors, computed in float64, of all atoms)."""
+    if target == "pairs":
+        inputs = pairs_inputs(graph)
+    elif float64:
+        inputs = structures_inputs(graph)
+    else:
+        inputs = (graph.edge_vectors(), graph.species, graph.edge_index)
+    specs = tensor_specs(target, float64)[0]
+    return [t.to(getattr(torch, s.dtype)) for s, t in zip(specs, inputs, strict=True)]
+
 
 _TRACE_SAMPLE = ("cell", "cluster")
 VERIFY_SAMPLES: dict[str, tuple[str, ...]] = {
@@ -556,11 +546,13 @@ VERIFY_SAMPLES: dict[str, tuple[str, ...]] = {
 # --------------------------------------------------------------------------- export
 
 
-def model_in_dtype(model: AllegroModel, dtype: str) -> AllegroModel:
-    """``model`` itself, or a copy built in ``dtype`` with its weights cast (never ``.to``)."""
-    if dtype == model.config.model_dtype:
+def model_in_dtype(model: AllegroModel, dtype: str, float64: bool = True) -> AllegroModel:
+    """``model`` itself, or a copy built in ``dtype`` (and with ``float64`` geometry, see
+    :class:`AllegroModel`) with its weights cast (never ``.to``)."""
+    if dtype == model.config.model_dtype and float64 == model.float64:
         return model
-    copy = AllegroModel(dataclasses.replace(model.config, model_dtype=dtype))
+    config = dataclasses.replace(model.config, model_dtype=dtype)
+    copy = AllegroModel(config, float64=float64)
     copy.load_state_dict(model.state_dict())
     return copy.eval()
 
@@ -591,10 +583,10 @@ def to_onnx(model: AllegroModel, target: str) -> onnx.ModelProto:
 
     Returns the model with the ``allegro`` function bodies attached.
     """
-    inputs_spec, outputs_spec = SPECS[target]
+    inputs_spec, outputs_spec = tensor_specs(target, model.float64)
     c = model.config
     trace_graph = graph_of(model, sample_structures(len(c.species), c.r_max, 0, _TRACE_SAMPLE))
-    example = _INPUT_FUNCTIONS[target](trace_graph)
+    example = tuple(target_inputs(trace_graph, target, model.float64))
     traced = trace(model, target, example)
     sizes = {"atoms": torch.export.Dim("atoms"), "edges": torch.export.Dim("edges")}
     dynamic = tuple(
@@ -615,11 +607,51 @@ def to_onnx(model: AllegroModel, target: str) -> onnx.ModelProto:
         )
         # constant folding, CSE and onnxscript's rewrites, keeping the allegro nodes
         onnxscript.optimizer.optimize_ir(program.model, inline=False)
-    proto = program.model_proto
+    proto = fold_constants(program.model_proto)
     used = {n.op_type for n in proto.graph.node if n.domain == DOMAIN}
     proto.functions.extend(f for f in function_protos() if f.name in used)
     if not any(o.domain == DOMAIN for o in proto.opset_import):
         proto.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    return proto
+
+
+def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace every main-graph node whose inputs are all initializers (the splits and
+    transposes of weights that onnxscript's optimizer leaves) by initializers holding its
+    outputs; returns ``proto``, changed in place.
+
+    Runtimes fold these themselves, except where they go wrong: OpenVINO 2026.4's CPU
+    plugin multiplies by the untransposed weight when one weight feeds a MatMul both
+    directly and through a Transpose (``tests/test_runtimes.py`` keeps the reproducer).
+    """
+    graph = proto.graph
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    kept = []
+    for node in graph.node:
+        inputs = [name for name in node.input if name]
+        if node.domain or not inputs or any(name not in values for name in inputs):
+            kept.append(node)
+            continue
+        single = onnx.helper.make_model(
+            onnx.helper.make_graph(
+                [node],
+                "constant",
+                [onnx.helper.make_empty_tensor_value_info(name) for name in inputs],
+                [onnx.helper.make_empty_tensor_value_info(name) for name in node.output],
+            ),
+            opset_imports=[onnx.helper.make_opsetid("", OPSET_VERSION)],
+        )
+        results = ReferenceEvaluator(single).run(None, {name: values[name] for name in inputs})
+        values.update(zip(node.output, results, strict=True))
+    used = {name for node in kept for name in node.input} | {o.name for o in graph.output}
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.initializer[:]
+    graph.initializer.extend(
+        onnx.numpy_helper.from_array(np.asarray(value), name)
+        for name, value in values.items()
+        if name in used
+    )
     return proto
 
 
@@ -633,7 +665,7 @@ def metadata(
     """``metadata_props`` of an exported file (see the module docstring); ``precision``
     defaults to the full precision of the model dtype."""
     c = model.config
-    inputs_spec, outputs_spec = SPECS[target]
+    inputs_spec, outputs_spec = tensor_specs(target, model.float64)
     return {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -641,7 +673,9 @@ def metadata(
         "atomic_numbers": json.dumps(list(c.atomic_numbers)),
         "r_max": repr(float(c.r_max)),
         "pair_cutoffs": json.dumps(c.pair_cutoffs()),
+        "energy_shifts": json.dumps(c.per_species("per_type_energy_shifts", 0.0)),
         "dtype": c.model_dtype,
+        "float64": json.dumps(model.float64),
         "precision": precision or dtype_precision(c.model_dtype),
         "precision_mode": precision_mode,
         "target": target,
@@ -678,21 +712,26 @@ def reference_outputs(
     model: AllegroModel, target: str, inputs: Sequence[torch.Tensor]
 ) -> list[np.ndarray]:
     """The target's outputs computed by the torch model in eager mode."""
-    outputs = _OUTPUT_FUNCTIONS[target](model.atomic_energies, *inputs)
+    outputs = _output_function(target, model.float64)(_AtomicEnergies(model), *inputs)
     return [t.detach().cpu().numpy() for t in outputs]
 
 
 def verify(
-    session: ort.InferenceSession, model: AllegroModel, target: str, seed: int = 1
+    session: ort.InferenceSession | ReferenceEvaluator,
+    model: AllegroModel,
+    target: str,
+    seed: int = 1,
+    samples: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Relative error of every output of ``session`` against ``model`` on each of
-    :data:`VERIFY_SAMPLES` (fresh random structures, seed ``seed``)."""
-    inputs_spec, outputs_spec = SPECS[target]
+    """Relative error of every output of ``session`` (anything with ONNX Runtime's
+    ``run(output_names, feeds)``) against ``model`` on each of ``samples`` (default
+    :data:`VERIFY_SAMPLES`: fresh random structures, seed ``seed``)."""
+    inputs_spec, outputs_spec = tensor_specs(target, model.float64)
     c = model.config
     errors = {}
-    for name, kinds in VERIFY_SAMPLES.items():
+    for name, kinds in (VERIFY_SAMPLES if samples is None else samples).items():
         graph = graph_of(model, sample_structures(len(c.species), c.r_max, seed, kinds))
-        inputs = _INPUT_FUNCTIONS[target](graph)
+        inputs = target_inputs(graph, target, model.float64)
         feeds = {s.name: t.numpy() for s, t in zip(inputs_spec, inputs, strict=True)}
         actual = session.run([s.name for s in outputs_spec], feeds)
         expected = reference_outputs(model, target, inputs)
@@ -718,20 +757,24 @@ def export_model(
     dtype: str | None = None,
     precision: str | None = None,
     emulate: bool = False,
+    float64: bool = True,
     checkpoint_sha256: str = "",
     tolerance: float | None = None,
     log: Callable[[str], None] = _log.info,
 ) -> ExportReport:
     """Export ``model`` to ``path`` for ``target`` and verify it with ONNX Runtime.
 
-    dtype: float32 or float64 (default: the model's own, or the precision's); a model of
-        another dtype is rebuilt in that dtype with its weights cast.
+    dtype: float32 or float64 (default: the model's own, the precision's, or float32 for
+        ``float64=False``); a model of another dtype is rebuilt in that dtype with its
+        weights cast.
     precision: fp64 (float64 only), fp32, tf32, fp16 or bf16 (float32 only) for the matrix
         products of the MLPs and tensor products (default: the dtype's full precision).
     emulate: round in float32 instead of running the products in the reduced type (see
         :mod:`allegro_deploy.models.precision`; no effect on fp64 and fp32). The file is
         verified against the torch model with the same roundings; a real bf16 file, which
         ONNX Runtime cannot run on CPU, through its emulated twin.
+    float64: False writes a float32-only file (float32 dtype only; see the module
+        docstring), verified against the torch model computing the same in float32.
     tolerance: largest accepted relative error (default :data:`TOLERANCES` of the dtype,
         :data:`REDUCED_TOLERANCES` of a reduced precision).
     The file is written to a temporary name next to ``path``, checked, verified and only
@@ -749,15 +792,20 @@ def export_model(
                 f"precision {precision} needs a {needed} export, not {dtype} (use --dtype {needed})"
             )
         dtype = needed
-    dtype = dtype or model.config.model_dtype
+    dtype = dtype or ("float32" if not float64 else model.config.model_dtype)
     if dtype not in DTYPES:
         raise ExportError(f"unknown dtype {dtype!r}; choose one of {DTYPES}")
+    if not float64 and dtype != "float32":
+        raise ExportError(
+            f"a float32-only export (no float64) needs dtype float32, not {dtype} "
+            "(use --dtype float32 or a float32 precision)"
+        )
     precision = precision or dtype_precision(dtype)
     reduced = precision in REDUCED_TOLERANCES
     mode = "emulated" if emulate and reduced else "real"
     if tolerance is None:
         tolerance = REDUCED_TOLERANCES[precision] if reduced else TOLERANCES[dtype]
-    model = model_in_dtype(model, dtype).eval()
+    model = model_in_dtype(model, dtype, float64).eval()
     weight_bytes = _weight_bytes(model)
     if weight_bytes > MAX_WEIGHT_BYTES:
         raise ExportError(
@@ -768,7 +816,8 @@ def export_model(
 
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    log(f"tracing {target} energy + gradients ({precision}, {mode}) and converting to ONNX ...")
+    what = f"{precision}, {mode}" + ("" if float64 else ", float32-only")
+    log(f"tracing {target} energy + gradients ({what}) and converting to ONNX ...")
     with matmul_precision(model, precision, mode):
         proto = to_onnx(model, target)
     props = metadata(model, target, checkpoint_sha256, precision, mode)
@@ -831,6 +880,7 @@ def export_checkpoint(
     dtype: str | None = None,
     precision: str | None = None,
     emulate: bool = False,
+    float64: bool = True,
     tolerance: float | None = None,
     log: Callable[[str], None] = _log.info,
 ) -> ExportReport:
@@ -845,6 +895,7 @@ def export_checkpoint(
         dtype=dtype,
         precision=precision,
         emulate=emulate,
+        float64=float64,
         checkpoint_sha256=file_sha256(checkpoint),
         tolerance=tolerance,
         log=log,

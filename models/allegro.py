@@ -5,7 +5,8 @@ neighbor j, r_ij < r_max); each layer couples an edge's tensor features with the
 environment embedding of its center atom, and no information passes between atoms.
 Geometry (edge vectors, lengths, radial basis, spherical harmonics) is computed in float64
 and cast to the model dtype; per-species energy scale/shift and all sums over atoms are
-float64.
+float64 (a float32 model built with ``float64=False`` does all of it in float32, for
+float32-only exports).
 """
 
 from __future__ import annotations
@@ -66,25 +67,32 @@ class AllegroModel(torch.nn.Module):
     """Energy, forces, virial and stress of a batch of structures.
 
     Build from a :class:`ModelConfig`; parameters take ``config.model_dtype``.
+    float64: geometry, energy scale/shift and sums over atoms in float64 (as the official
+        code); False keeps them in the model dtype (a float32 model with no float64 tensor,
+        which the float32-only export traces).
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, *, float64: bool = True) -> None:
         super().__init__()
         self.config = config
         self.dtype = getattr(torch, config.model_dtype)
+        self.float64 = float64
+        self.outer_dtype = torch.float64 if float64 else self.dtype
         with _default_dtype(self.dtype):
             self._build(config)
 
     def _build(self, c: ModelConfig) -> None:
         n_species = len(c.species)
         scalars, channels = c.num_scalar_features, c.num_tensor_features
-        f64 = torch.float64
+        f64 = self.outer_dtype
 
         cutoffs = torch.tensor(c.pair_cutoffs(), dtype=f64)
         self.register_buffer("pair_cutoff_recip", cutoffs.reciprocal().reshape(-1))
 
         # two-body scalar embedding
-        self.bessel = BesselBasis(c.num_bessels, c.bessel_trainable, c.polynomial_cutoff_p)
+        self.bessel = BesselBasis(
+            c.num_bessels, c.bessel_trainable, c.polynomial_cutoff_p, dtype=self.outer_dtype
+        )
         self.center_embed = torch.nn.Embedding(n_species, c.embed_dim // 2)
         self.neighbor_embed = torch.nn.Embedding(n_species, c.embed_dim // 2)
         self.basis_linear = ScalarMLP(c.num_bessels, c.embed_dim)
@@ -146,14 +154,20 @@ class AllegroModel(torch.nn.Module):
         return self.config.species
 
     def atomic_energies(
-        self, edge_vectors: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor
+        self,
+        edge_vectors: torch.Tensor,
+        species: torch.Tensor,
+        edge_index: torch.Tensor,
+        *,
+        shifted: bool = True,
     ) -> torch.Tensor:
         """Per-atom energies (eV) from the edge geometry.
 
-        edge_vectors: (n_edges, 3) float64 Å, r_neighbor - r_center.
+        edge_vectors: (n_edges, 3) Å in ``outer_dtype``, r_neighbor - r_center.
         species: (n_atoms,) int64 species index of every atom.
         edge_index: (2, n_edges) int64, rows (center, neighbor).
-        Returns (n_atoms,) float64.
+        shifted: add the per-species energy shifts (False: leave them to the caller).
+        Returns (n_atoms,) in ``outer_dtype`` (float64 unless built with ``float64=False``).
         """
         c, dtype = self.config, self.dtype
         n_atoms, scalars = species.shape[0], c.num_scalar_features
@@ -205,10 +219,12 @@ class AllegroModel(torch.nn.Module):
         edge_energy = self.readout(*scalar_features)
         atom_energy = torch.zeros((n_atoms, 1), dtype=dtype, device=sh.device)
         atom_energy = atom_energy.index_add(0, center, edge_energy) * env_norm.view(-1, 1)
-        atom_energy = (atom_energy / math.sqrt(2.0)).view(-1).to(torch.float64)
-        atom_energy = torch.addcmul(
-            self.energy_shifts[species], self.energy_scales[species], atom_energy
-        )
+        atom_energy = (atom_energy / math.sqrt(2.0)).view(-1).to(self.outer_dtype)
+        scales = self.energy_scales[species]
+        if shifted:
+            atom_energy = torch.addcmul(self.energy_shifts[species], scales, atom_energy)
+        else:
+            atom_energy = scales * atom_energy
         if c.zbl:
             z = self.zbl_atomic_numbers
             edge_zbl = zbl_edge_energy(z[center_species], z[neighbor_species], length)

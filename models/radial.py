@@ -38,13 +38,20 @@ def polynomial_cutoff(x: torch.Tensor, p: int = 6) -> torch.Tensor:
 class BesselBasis(torch.nn.Module):
     """``sin(n π x) / (π x)`` for n = 1..num_bessels, times the polynomial cutoff.
 
-    Computed in float64 and returned in ``dtype``, as the official code does.
+    Computed in float64 (the frequencies' ``dtype``) and returned in the model dtype, as
+    the official code does.
     """
 
-    def __init__(self, num_bessels: int = 8, trainable: bool = False, cutoff_p: int = 6) -> None:
+    def __init__(
+        self,
+        num_bessels: int = 8,
+        trainable: bool = False,
+        cutoff_p: int = 6,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
         super().__init__()
         self.cutoff_p = cutoff_p
-        frequencies = torch.linspace(1.0, num_bessels, num_bessels, dtype=torch.float64)
+        frequencies = torch.linspace(1.0, num_bessels, num_bessels, dtype=dtype)
         if trainable:
             self.frequencies = torch.nn.Parameter(frequencies)
         else:

@@ -1,13 +1,17 @@
-"""Metadata of exported model files, read without loading the graph (no onnx, no torch).
+"""The exported file's contract, and its metadata read without loading the graph (no onnx,
+no torch).
 
 An exported file (see :mod:`allegro_deploy.exporters.onnx_export`) carries its model
 description in the ONNX ``metadata_props``: ``format`` (``allegro-deploy-onnx``),
 ``format_version``, ``species``, ``atomic_numbers``, ``r_max``, ``pair_cutoffs``,
-``dtype``, ``precision`` and ``precision_mode``, ``target``, ``inputs`` and ``outputs``
-(JSON lists of tensor specs), and provenance keys. Files written before ``precision``
-existed (format version 1 too) run at the full precision of their dtype.
-:func:`read_metadata` reads them straight from the protobuf bytes, in
-milliseconds even for large files, and checks that this runtime can run the file.
+``energy_shifts``, ``dtype``, ``precision`` and ``precision_mode``, ``float64``,
+``target``, ``inputs`` and ``outputs`` (JSON lists of tensor specs), and provenance keys.
+Files written before ``precision`` existed run at the full precision of their dtype;
+files written before ``float64`` existed (format version 1) hold float64 tensors.
+:func:`tensor_specs` is the one definition of each target's tensors, for the exporter
+that writes them and the runtime that feeds them. :func:`read_metadata` reads the
+metadata straight from the protobuf bytes, in milliseconds even for large files, and
+checks that this runtime can run the file.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from types import MappingProxyType
 from typing import Any, BinaryIO
 
 FORMAT = "allegro-deploy-onnx"
-SUPPORTED_FORMAT_VERSIONS = (1,)
+FORMAT_VERSION = 2
+"""Written by this version: 2 added ``float64`` (float32-only files) and ``energy_shifts``."""
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 TARGETS = ("structures", "pairs")
 DTYPES = ("float32", "float64")
 PRECISIONS = {
@@ -59,6 +65,80 @@ class TensorSpec:
     description: str
 
 
+def tensor_specs(
+    target: str, float64: bool = True
+) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The inputs and outputs of a ``target`` file, in graph order (N atoms, E directed
+    edges, S structures; all sizes dynamic).
+
+    float64: the file holds float64 tensors (geometry inputs and all outputs float64).
+        Without (a float32-only file, for TensorRT and other runtimes without float64),
+        the runtime computes edge vectors, per-species energy shifts and every sum over
+        atoms in float64 outside the graph: both targets take edge vectors and return
+        the atomic energies less their species' shift (metadata ``energy_shifts``) and
+        the pair forces ∂E/∂r_ij, in float32.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    edge_vectors = TensorSpec(
+        "edge_vectors", "float64" if float64 else "float32", ("edges", 3), "Å", "r_ij = x_j - x_i"
+    )
+    species_of = "local + ghost atoms" if target == "pairs" else "each atom"
+    species = TensorSpec("species", "int64", ("atoms",), "", f"species index of {species_of}")
+    edge_index = TensorSpec("edge_index", "int64", (2, "edges"), "", "rows (center, neighbor)")
+    n_local = TensorSpec("n_local", "int64", (), "", "local atoms, the first n_local")
+    if not float64:
+        energies = "local_atoms" if target == "pairs" else "atoms"
+        inputs = (edge_vectors, species, edge_index)
+        return (*inputs, n_local) if target == "pairs" else inputs, (
+            TensorSpec(
+                "atomic_energies_unshifted",
+                "float32",
+                (energies,),
+                "eV",
+                "per-atom energy less its species' energy_shifts (added in float64 outside)",
+            ),
+            TensorSpec("pair_forces", "float32", ("edges", 3), "eV/Å", "∂E/∂r_ij"),
+        )
+    if target == "pairs":
+        return (edge_vectors, species, edge_index, n_local), (
+            TensorSpec("atomic_energies", "float64", ("local_atoms",), "eV", "local atoms"),
+            TensorSpec("pair_forces", "float64", ("edges", 3), "eV/Å", "∂E/∂r_ij"),
+        )
+    return (
+        TensorSpec("positions", "float64", ("atoms", 3), "Å", "Cartesian positions"),
+        species,
+        edge_index,
+        TensorSpec(
+            "edge_shifts",
+            "float64",
+            ("edges", 3),
+            "Å",
+            "r_ij = positions[neighbor] - positions[center] + edge_shifts",
+        ),
+        TensorSpec("structure_index", "int64", ("atoms",), "", "structure of each atom"),
+        TensorSpec("n_structures", "int64", (), "", "number of structures"),
+    ), (
+        TensorSpec("energy", "float64", ("structures",), "eV", "total energy"),
+        TensorSpec("atomic_energies", "float64", ("atoms",), "eV", "per-atom energy"),
+        TensorSpec("forces", "float64", ("atoms", 3), "eV/Å", "-dE/dr"),
+        TensorSpec(
+            "virial",
+            "float64",
+            ("structures", 3, 3),
+            "eV",
+            "-dE/dε (symmetric strain); stress = -virial / volume",
+        ),
+        TensorSpec(
+            "atomic_virials",
+            "float64",
+            ("atoms", 3, 3),
+            "eV",
+            "per-atom virial, each edge split half to center, half to neighbor",
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class ModelMetadata:
     """What a model file says about itself.
@@ -72,6 +152,10 @@ class ModelMetadata:
         the MLPs and tensor products (tf32: the engine must enable TF32).
     precision_mode: ``real`` (products in the reduced type) or ``emulated`` (rounded in
         float32).
+    float64: the graph holds float64 tensors; False for a float32-only file (see
+        :func:`tensor_specs`).
+    energy_shifts: eV, (n_species,) per-species energy shifts, which a float32-only file's
+        runtime adds in float64 (empty in files that predate them).
     target: ``structures`` (ASE, i-PI, batched evaluation) or ``pairs`` (LAMMPS ML-IAP).
     format_version: version of the file layout.
     inputs, outputs: the graph's tensors in order.
@@ -85,6 +169,8 @@ class ModelMetadata:
     dtype: str
     precision: str
     precision_mode: str
+    float64: bool
+    energy_shifts: tuple[float, ...]
     target: str
     format_version: int
     inputs: tuple[TensorSpec, ...]
@@ -148,8 +234,14 @@ class ModelMetadata:
                 f"{source} has unknown precision {precision!r} ({mode!r}) for dtype {dtype}; "
                 f"this runtime knows {', '.join(PRECISIONS)} (real or emulated)"
             )
+        float64 = props.get("float64", "true")
+        if float64 not in ("true", "false"):
+            raise MetadataError(f"{source} has float64 = {float64!r}; expected true or false")
+        if float64 == "false" and dtype != "float32":
+            raise MetadataError(f"{source} is float32-only (float64 = false) but of dtype {dtype}")
         try:
             species = tuple(str(s) for s in _json(props, "species"))
+            energy_shifts = tuple(float(e) for e in json.loads(props.get("energy_shifts", "[]")))
             atomic_numbers = tuple(int(z) for z in _json(props, "atomic_numbers"))
             pair_cutoffs = tuple(
                 tuple(float(c) for c in row) for row in _json(props, "pair_cutoffs")
@@ -164,6 +256,10 @@ class ModelMetadata:
             raise MetadataError(
                 f"{source}: species, atomic_numbers and pair_cutoffs disagree in length"
             )
+        if len(energy_shifts) != n and (energy_shifts or float64 == "false"):
+            raise MetadataError(
+                f"{source}: energy_shifts has {len(energy_shifts)} entries for {n} species"
+            )
         return cls(
             species=species,
             atomic_numbers=atomic_numbers,
@@ -172,6 +268,8 @@ class ModelMetadata:
             dtype=dtype,
             precision=precision,
             precision_mode=mode,
+            float64=float64 == "true",
+            energy_shifts=energy_shifts,
             target=target,
             format_version=version,
             inputs=inputs,

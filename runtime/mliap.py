@@ -107,6 +107,9 @@ class AllegroMLIAP(MLIAPUnified):
         self._species_of_element = np.array(
             [metadata.species.index(e) for e in element_types] + [0], dtype=np.int64
         )
+        # a float32-only file takes float32 edge vectors and leaves the energy shifts to us
+        self._float64 = metadata.float64
+        self._energy_shifts = np.array(metadata.energy_shifts, dtype=np.float64)
         self._session: Session = open_session(path, backend, threads=threads, device_id=device_id)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -135,20 +138,28 @@ class AllegroMLIAP(MLIAPUnified):
             data.energy = 0.0
             return
         n_pairs = int(data.npairs)
+        vector_dtype = np.float64 if self._float64 else np.float32
         if n_pairs:
-            edge_vectors = np.asarray(data.rij, dtype=np.float64)
+            edge_vectors = np.asarray(data.rij, dtype=vector_dtype)
             edge_index = np.stack([data.pair_i, data.pair_j]).astype(np.int64)
         else:
-            edge_vectors, edge_index = np.zeros((0, 3)), np.zeros((2, 0), dtype=np.int64)
+            edge_vectors = np.zeros((0, 3), dtype=vector_dtype)
+            edge_index = np.zeros((2, 0), dtype=np.int64)
+        species = self._species_of_element[np.asarray(data.elems)]
         outputs = self._session.run(
             {
                 "edge_vectors": edge_vectors,
-                "species": self._species_of_element[np.asarray(data.elems)],
+                "species": species,
                 "edge_index": edge_index,
                 "n_local": np.array(data.nlocal, dtype=np.int64),
             }
         )
-        atomic_energies = outputs["atomic_energies"][np.asarray(data.iatoms)[:n_listed]]
+        listed = np.asarray(data.iatoms)[:n_listed]
+        if self._float64:
+            atomic_energies = outputs["atomic_energies"][listed]
+        else:
+            unshifted = np.asarray(outputs["atomic_energies_unshifted"], np.float64)[listed]
+            atomic_energies = unshifted + self._energy_shifts[species[listed]]
         data.eatoms = np.ascontiguousarray(atomic_energies, dtype=np.float64)
         data.energy = float(atomic_energies.sum())
         if n_pairs:

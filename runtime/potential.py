@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .backends import Session, open_session
-from .metadata import MetadataError, ModelMetadata, read_metadata
+from .metadata import MetadataError, ModelMetadata, read_metadata, tensor_specs
 from .neighbors import neighbor_list
 from .validation import StructureError, element_symbol, species_indices, validate_structure
 
@@ -35,19 +35,10 @@ loaded model, 3.1 GiB in all."""
 DEFAULT_MIN_DISTANCE = 0.5
 """Å; atoms closer than this are refused (see ``validate_structure``)."""
 
-_INPUTS = {
-    "positions": "float64",
-    "species": "int64",
-    "edge_index": "int64",
-    "edge_shifts": "float64",
-    "structure_index": "int64",
-    "n_structures": "int64",
-}
-"""The inputs fed, with the dtypes the runtime builds them in (checked against the file
-once, at load)."""
 _OUTPUTS = ("atomic_energies", "forces", "virial")
-"""The outputs read: a structure's energy is the sum of the atomic energies of its own
-atoms (an evaluation's ``energy`` output also counts the energy shifts of ghost atoms)."""
+"""The outputs read from a file with float64 tensors: a structure's energy is the sum of
+the atomic energies of its own atoms (an evaluation's ``energy`` output also counts the
+energy shifts of ghost atoms). A float32-only file's outputs are all read."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -235,17 +226,20 @@ class Potential:
         min_distance: float = DEFAULT_MIN_DISTANCE,
     ) -> None:
         _check_target(metadata, session.path)
-        missing = [n for n in _INPUTS if n not in session.input_names]
-        missing += [n for n in _OUTPUTS if n not in session.output_names]
+        inputs, outputs = tensor_specs(metadata.target, metadata.float64)
+        self._outputs = _OUTPUTS if metadata.float64 else tuple(o.name for o in outputs)
+        missing = [s.name for s in inputs if s.name not in session.input_names]
+        missing += [n for n in self._outputs if n not in session.output_names]
         if missing:
             raise MetadataError(f"{session.path} lacks the tensors {missing} of its target")
         dtypes = {spec.name: spec.dtype for spec in metadata.inputs}
-        wrong = {n: dtypes.get(n) for n, dtype in _INPUTS.items() if dtypes.get(n) != dtype}
+        wrong = {s.name: dtypes.get(s.name) for s in inputs if dtypes.get(s.name) != s.dtype}
         if wrong:
             raise MetadataError(
                 f"{session.path} has inputs of dtypes {wrong}; this runtime feeds "
-                f"{ {n: _INPUTS[n] for n in wrong} }"
+                f"{ {s.name: s.dtype for s in inputs if s.name in wrong} }"
             )
+        self._energy_shifts = np.array(metadata.energy_shifts, dtype=np.float64)
         if edge_budget < 1:
             raise ValueError(f"edge_budget must be >= 1, got {edge_budget}")
         self.session = session
@@ -435,8 +429,12 @@ class Potential:
             "structure_index": np.repeat(np.arange(len(pieces)), n_atoms),
             "n_structures": np.array(len(pieces)),
         }
-        outputs = self.session.run(inputs, _OUTPUTS)
-        atomic, forces, virial = (np.asarray(outputs[n], np.float64) for n in _OUTPUTS)
+        if self.metadata.float64:
+            outputs = self.session.run(inputs, _OUTPUTS)
+            atomic, forces, virial = (np.asarray(outputs[n], np.float64) for n in _OUTPUTS)
+        else:
+            edge_counts = np.array([p.n_edges for p in pieces])
+            atomic, forces, virial = self._run_float32(inputs, edge_counts)
         for k, piece in enumerate(pieces):
             total = totals[piece.owner]
             own = slice(piece.first, piece.stop)
@@ -445,3 +443,57 @@ class Potential:
             total.forces[own] += forces[start:middle]
             total.forces[piece.ghosts] += forces[middle:end]  # ghosts are distinct
             total.virial[...] += virial[k]
+
+    def _run_float32(
+        self, inputs: dict[str, np.ndarray], edge_counts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A float32-only file's evaluation of the ``structures`` inputs of a float64 file,
+        with everything that loses precision in float32 done here in float64.
+
+        edge_counts: (S,) edges of each structure, in order. Returns atomic energies (N,)
+        eV, forces (N, 3) eV/Å and virials (S, 3, 3) eV, float64.
+        """
+        positions, (centers, neighbors) = inputs["positions"], inputs["edge_index"]
+        vectors = positions[neighbors] - positions[centers] + inputs["edge_shifts"]
+        species = inputs["species"]
+        outputs = self.session.run(
+            {
+                "edge_vectors": vectors.astype(np.float32),
+                "species": species,
+                "edge_index": inputs["edge_index"],
+            },
+            self._outputs,
+        )
+        unshifted, pair_forces = (np.asarray(outputs[n], np.float64) for n in self._outputs)
+        atomic = unshifted + self._energy_shifts[species]
+        forces = pair_forces_to_atoms(pair_forces, inputs["edge_index"], len(species))
+        return atomic, forces, pair_virials(pair_forces, vectors, edge_counts)
+
+
+def pair_forces_to_atoms(
+    pair_forces: np.ndarray, edge_index: np.ndarray, n_atoms: int
+) -> np.ndarray:
+    """Forces (n_atoms, 3) eV/Å from ∂E/∂r_ij (n_edges, 3): ``F_i = Σ_(i→j) g - Σ_(k→i) g``."""
+    centers, neighbors = edge_index
+    return np.stack(
+        [
+            np.bincount(centers, g, n_atoms) - np.bincount(neighbors, g, n_atoms)
+            for g in pair_forces.T
+        ],
+        axis=1,
+    )
+
+
+def pair_virials(
+    pair_forces: np.ndarray, edge_vectors: np.ndarray, edge_counts: np.ndarray
+) -> np.ndarray:
+    """Virials (S, 3, 3) eV, ``-sym(Σ r_ij ⊗ ∂E/∂r_ij)`` over each structure's consecutive
+    ``edge_counts`` edges (edge_vectors (n_edges, 3) Å)."""
+    bounds = np.cumsum([0, *edge_counts])
+    virials = np.stack(
+        [
+            -edge_vectors[start:stop].T @ pair_forces[start:stop]
+            for start, stop in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+    )
+    return 0.5 * (virials + virials.transpose(0, 2, 1))

@@ -298,8 +298,12 @@ def test_float64_file_holds_no_float32_tensor(exported) -> None:
 
 def test_metadata(exported, model: AllegroModel, checkpoint: Path) -> None:
     meta = read_metadata(onnx.load(exported["float64", "structures"], load_external_data=False))
-    assert meta["format"] == "allegro-deploy-onnx" and meta["format_version"] == "1"
+    assert meta["format"] == "allegro-deploy-onnx" and meta["format_version"] == "2"
     assert meta["species"] == ["Cu", "Au"] and meta["atomic_numbers"] == [29, 79]
+    assert meta["float64"] == "true"
+    assert json.loads(meta["energy_shifts"]) == model.config.per_species(
+        "per_type_energy_shifts", 0.0
+    )
     assert float(meta["r_max"]) == 4.0
     assert meta["pair_cutoffs"] == [[4.0, 4.0], [3.5, 4.0]]
     assert meta["dtype"] == "float64" and meta["target"] == "structures"

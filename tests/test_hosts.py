@@ -624,6 +624,16 @@ def test_mliap_adapter_matches_the_whole_system_and_survives_pickling(
             assert max(errors.values()) <= 1e-10, errors
 
 
+def test_mliap_adapter_runs_a_float32_only_pairs_file(tmp_path: Path, model: AllegroModel) -> None:
+    """Float32 edge vectors in, the energy shifts added in float64 by the adapter."""
+    path = tmp_path / "small_no_float64_pairs.onnx"
+    export_model(model, path, target="pairs", float64=False)
+    adapter = AllegroMLIAP(path, element_types=["O", "Cu"], backend="cpu")
+    errors = check_mliap(pickle.loads(pickle.dumps(adapter)), model, alloy((3, 3, 4), seed=6))
+    print("ML-IAP float32-only: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    assert max(errors.values()) <= 1e-5, errors
+
+
 def test_mliap_adapter_ignores_atoms_of_null_types(pairs_file: Path, model: AllegroModel) -> None:
     adapter = AllegroMLIAP(pairs_file, backend="cpu")
     atoms = alloy((3, 3, 3), seed=8)

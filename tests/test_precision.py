@@ -235,9 +235,14 @@ def test_real_fp16_file_runs_in_onnx_runtime_near_float32(fp16_file: Path) -> No
 def test_metadata_without_precision_is_the_dtype_precision(fp16_file: Path) -> None:
     props = dict(read_metadata(fp16_file).raw)
     for dtype, precision in (("float32", "fp32"), ("float64", "fp64")):
-        old = {k: v for k, v in props.items() if not k.startswith("precision")} | {"dtype": dtype}
+        old = {
+            k: v
+            for k, v in props.items()
+            if not k.startswith("precision") and k not in ("float64", "energy_shifts")
+        } | {"dtype": dtype, "format_version": "1"}
         meta = ModelMetadata.from_props(old, "old.onnx")
         assert (meta.format_version, meta.precision, meta.precision_mode) == (1, precision, "real")
+        assert meta.float64 and meta.energy_shifts == ()
     with pytest.raises(MetadataError, match="unknown precision 'fp16'"):
         ModelMetadata.from_props(props | {"dtype": "float64"}, "bad.onnx")
     with pytest.raises(MetadataError, match="unknown precision 'fp8'"):

@@ -151,7 +151,7 @@ def test_properties_and_metadata(files: dict[str, Path], potential: Potential) -
     assert potential.backend == "cpu"
     metadata = read_metadata(files["float32"])
     assert metadata.dtype == "float32" and metadata.target == "structures"
-    assert metadata.format_version == 1
+    assert metadata.format_version == 2 and metadata.float64
     assert metadata.pair_cutoffs == ((4.0, 4.0), (4.0, 3.0))
     assert metadata.input_names[0] == "positions" and "forces" in metadata.output_names
     assert metadata.raw["format"] == "allegro-deploy-onnx"
@@ -272,8 +272,8 @@ def test_foreign_files_are_refused(files: dict[str, Path], tmp_path: Path) -> No
 
 
 def test_newer_format_version_is_refused(files: dict[str, Path], tmp_path: Path) -> None:
-    newer = rewrite_metadata(files["float64"], tmp_path / "v2.onnx", format_version="2")
-    with pytest.raises(MetadataError, match="format version 2, but this runtime reads .* 1; up"):
+    newer = rewrite_metadata(files["float64"], tmp_path / "v3.onnx", format_version="3")
+    with pytest.raises(MetadataError, match="format version 3, but this runtime reads .* 2; up"):
         read_metadata(newer)
     unknown = rewrite_metadata(files["float64"], tmp_path / "t.onnx", target="graphs")
     with pytest.raises(MetadataError, match="unknown target 'graphs'"):

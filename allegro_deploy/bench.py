@@ -54,16 +54,22 @@ if TYPE_CHECKING:
 
     from allegro_deploy.models import AllegroModel, AtomicGraph
 
-BACKENDS = ("official", "torch", "ort-cpu", "ort-cuda", "tensorrt")
+BACKENDS = ("official", "torch", "ort-cpu", "openvino", "ort-cuda", "tensorrt")
 """Backend names, in the order they are run; the first one run is the baseline."""
 LABELS = {
     "official": "nequip-allegro eager",
     "torch": "torch eager",
     "ort-cpu": "ONNX Runtime CPU",
+    "openvino": "OpenVINO CPU",
     "ort-cuda": "ONNX Runtime CUDA",
     "tensorrt": "TensorRT",
 }
-_RUNTIME_BACKENDS = {"ort-cpu": "cpu", "ort-cuda": "cuda", "tensorrt": "tensorrt"}
+_RUNTIME_BACKENDS = {
+    "ort-cpu": "cpu",
+    "openvino": "openvino",
+    "ort-cuda": "cuda",
+    "tensorrt": "tensorrt",
+}
 TIMED = (
     "one call = input checks + neighbor list (vesin) + energy, forces and virial, from ase.Atoms"
 )

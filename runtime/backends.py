@@ -1,19 +1,23 @@
-"""Inference sessions on ONNX Runtime (CPU, CUDA) and the TensorRT slot (numpy only, no torch).
+"""Inference sessions on ONNX Runtime (CPU, CUDA), OpenVINO and the TensorRT slot (numpy
+only, no torch).
 
 A :class:`Session` is created once per model file and reused for every call; it takes
 and returns numpy arrays by tensor name. ``"auto"`` picks ONNX Runtime's CUDA execution
 provider when onnxruntime-gpu and a usable GPU are present, else the CPU one.
+``"openvino"`` runs the file on OpenVINO's CPU device (the optional extra
+``allegro-deploy[openvino]``), with the ``allegro`` functions inlined at load.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-BACKENDS = ("auto", "cpu", "cuda", "tensorrt")
+BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "openvino")
 _CPU, _CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
@@ -24,7 +28,7 @@ class BackendError(ValueError):
 class Session:
     """One model file loaded on one backend, for repeated evaluation.
 
-    backend: ``cpu`` or ``cuda``, the backend actually in use.
+    backend: ``cpu``, ``cuda`` or ``openvino``, the backend actually in use.
     input_names, output_names: the graph's tensor names in order.
     """
 
@@ -52,6 +56,60 @@ class Session:
         return f"Session({str(self.path)!r}, backend={self.backend!r})"
 
 
+class OpenVINOSession(Session):
+    """A model file compiled for OpenVINO's CPU device; the same calls as :class:`Session`.
+
+    The graph is compiled with ``INFERENCE_PRECISION_HINT`` f32: OpenVINO's default on
+    CPUs with bfloat16 units is bf16 for every product, which a model file expresses in
+    its own tensor types instead. OpenVINO computes float64 as float32, so files with a
+    float64 network body are refused.
+    """
+
+    def __init__(self, path: Path, threads: int | None) -> None:
+        try:
+            import onnx
+            import onnx.inliner
+            import openvino
+        except ImportError as error:
+            raise BackendError(
+                f"backend 'openvino' needs the packages openvino and onnx ({error.name} is "
+                "missing); pip install 'allegro-deploy[openvino]', or use backend='cpu'"
+            ) from None
+        from .metadata import read_metadata
+
+        if read_metadata(path).dtype == "float64":
+            raise BackendError(
+                f"{path} has a float64 network body, which OpenVINO would compute in float32; "
+                "export a float32 file (allegro-deploy export --dtype float32, or "
+                "--no-float64) to run it on backend 'openvino'"
+            )
+        # OpenVINO does not expand model-local functions in a custom domain
+        proto = onnx.inliner.inline_local_functions(onnx.load(path))
+        core = openvino.Core()
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = threads
+        compiled = core.compile_model(
+            core.read_model(proto.SerializeToString(), b""), "CPU", config
+        )
+        self._request = compiled.create_infer_request()
+        self.backend = "openvino"
+        self.path = path
+        self.input_names = tuple(i.get_any_name() for i in compiled.inputs)
+        self.output_names = tuple(o.get_any_name() for o in compiled.outputs)
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return ("OpenVINO CPU",)
+
+    def run(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        self._request.infer(dict(inputs))
+        names = self.output_names if outputs is None else outputs
+        return {name: self._request.get_tensor(name).data.copy() for name in names}
+
+
 def open_session(
     path: str | Path,
     backend: str = "auto",
@@ -76,6 +134,10 @@ def open_session(
         raise FileNotFoundError(f"model file {path} does not exist")
     if backend == "tensorrt":
         _refuse_tensorrt(path)
+    if backend == "openvino":
+        if threads is not None and threads < 1:
+            raise BackendError(f"threads must be >= 1, got {threads}")
+        return OpenVINOSession(path, threads)
     options = _options(threads, session_options)
     if backend == "cpu" or (backend == "auto" and _CUDA not in ort.get_available_providers()):
         return _cpu_session(path, options)

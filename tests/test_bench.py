@@ -49,13 +49,14 @@ def test_bench_from_checkpoint_writes_table_json_and_plot(checkpoint: Path, tmp_
     assert "not run: tensorrt: tensorrt not installed" in result.output
 
     report = json.loads((out / "bench.json").read_text())
-    assert report["backends"] == ["torch", "ort-cpu"] and report["baseline"] == "torch"
+    assert report["backends"] == ["torch", "ort-cpu", "openvino"]
+    assert report["baseline"] == "torch"
     assert set(report["unavailable"]) == {"official", "ort-cuda", "tensorrt"}
     assert report["machine"]["gemm_float32_flop_per_s"] > 0
     rows = report["rows"]
     assert {(r["backend"], r["case"]) for r in rows} == {
         (backend, case)
-        for backend in ("torch", "ort-cpu")
+        for backend in ("torch", "ort-cpu", "openvino")
         for case in ("fcc Cu", "2× 21-atom clusters, 1 call", "2× 21-atom clusters, 2 calls")
     }
     for row in rows:

@@ -34,6 +34,14 @@ def _parse_alloy(
         raise click.BadParameter("expected ELEMENT:FRACTION,... e.g. Cu:0.5,Au:0.5") from error
 
 
+_backend_option = click.option(
+    "--backend",
+    default="auto",
+    show_default=True,
+    help="auto, cpu, cuda, tensorrt or openvino (see allegro_deploy.runtime.backends).",
+)
+
+
 class _Commands(click.Group):
     """Reports bad input (``ValueError``, which every error type of the package for bad
     data, configurations, checkpoints or structures derives from, and missing files) as a
@@ -133,8 +141,22 @@ def train(config: Path, resume: Path | None) -> None:
 
 @main.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
-def info(path: Path) -> None:
+@click.option(
+    "--tensorrt",
+    is_flag=True,
+    help="Check every node of an .onnx file against TensorRT's ONNX parser; exit 1 if any "
+    "would fail.",
+)
+@click.option(
+    "--tensorrt-version",
+    default="10.1",
+    show_default=True,
+    help="TensorRT version whose documented parser support --tensorrt checks against.",
+)
+def info(path: Path, tensorrt: bool, tensorrt_version: str) -> None:
     """Describe the checkpoint or exported .onnx model at PATH."""
+    if tensorrt and path.suffix != ".onnx":
+        raise click.ClickException(f"--tensorrt checks an .onnx file, not {path}")
     if path.suffix == ".onnx":
         from allegro_deploy.exporters.inspect import describe_onnx
 
@@ -142,6 +164,13 @@ def info(path: Path) -> None:
             click.echo(describe_onnx(path))
         except ValueError as error:
             raise click.ClickException(str(error)) from error
+        if tensorrt:
+            from allegro_deploy.exporters.tensorrt_check import check_tensorrt
+
+            report = check_tensorrt(path, tensorrt_version)
+            click.echo(report.summary())
+            if not report.ok:
+                raise SystemExit(1)
         return
     from allegro_deploy.models.checkpoint import describe
 
@@ -196,7 +225,7 @@ def quickstart(workdir: Path) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Structure i-PI starts from (any ASE-readable file): atomic numbers in i-PI's order.",
 )
-@click.option("--backend", default="auto", show_default=True, help="auto, cpu, cuda or tensorrt.")
+@_backend_option
 @click.option("--threads", type=click.IntRange(min=1), help="Threads (default: one per core).")
 @click.option(
     "--wait",
@@ -288,7 +317,7 @@ def ipi(
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of velocities and noise."
 )
-@click.option("--backend", default="auto", show_default=True, help="auto, cpu, cuda or tensorrt.")
+@_backend_option
 @click.option("--threads", type=click.IntRange(min=1), help="Threads (default: one per core).")
 def md(
     model: Path,
@@ -361,6 +390,13 @@ def md(
     is_flag=True,
     help="Round in float32 instead of a strongly typed reduced graph (for CPUs).",
 )
+@click.option(
+    "--no-float64",
+    "no_float64",
+    is_flag=True,
+    help="A float32-only file (for TensorRT and OpenVINO): the runtime computes edge "
+    "vectors, energy shifts and sums over atoms in float64 outside the graph.",
+)
 def export(
     checkpoint: Path,
     output: Path,
@@ -368,6 +404,7 @@ def export(
     target: str,
     precision: str | None,
     emulate: bool,
+    no_float64: bool,
 ) -> None:
     """Export CHECKPOINT's energy, forces and virial to ONNX, verified with ONNX Runtime."""
     from allegro_deploy.exporters.onnx_export import ExportError, export_checkpoint
@@ -381,6 +418,7 @@ def export(
             dtype=dtype,
             precision=precision,
             emulate=emulate,
+            float64=not no_float64,
             log=click.echo,
         )
     except (ExportError, CheckpointError) as error:
@@ -494,7 +532,8 @@ def _parse_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 )
 @click.option(
     "--backends",
-    help="Comma-separated subset of official, torch, ort-cpu, ort-cuda, tensorrt (default: all).",
+    help="Comma-separated subset of official, torch, ort-cpu, openvino, ort-cuda, tensorrt "
+    "(default: all).",
 )
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option(

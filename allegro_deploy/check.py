@@ -345,21 +345,10 @@ def _cuda_available() -> bool:
 
 
 def _load(variant: Variant) -> Any:
-    """A Potential for ``variant``; on CUDA, TF32 matrix units only for ``tf32``."""
-    import onnxruntime as ort
-
-    from allegro_deploy.runtime.backends import Session
-    from allegro_deploy.runtime.metadata import read_metadata
+    """A Potential for ``variant`` (on CUDA, TF32 matrix units only for a ``tf32`` file)."""
     from allegro_deploy.runtime.potential import Potential
 
-    if variant.backend == "cpu":
-        return Potential.load(variant.path, "cpu")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    tf32 = "1" if variant.precision == "tf32" else "0"
-    providers = [("CUDAExecutionProvider", {"use_tf32": tf32}), "CPUExecutionProvider"]
-    session = ort.InferenceSession(str(variant.path), options, providers=providers)
-    return Potential(Session(session, "cuda", variant.path), read_metadata(variant.path))
+    return Potential.load(variant.path, variant.backend)
 
 
 def export_variants(

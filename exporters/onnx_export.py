@@ -109,6 +109,7 @@ from allegro_deploy.models.allegro import AllegroModel, pair_forces_to_atoms, pa
 from allegro_deploy.models.graph import AtomicGraph
 from allegro_deploy.models.graph import edge_vectors as graph_edge_vectors
 from allegro_deploy.models.precision import dtype_precision, get_precision, matmul_precision
+from allegro_deploy.runtime.backends import Session, open_session
 from allegro_deploy.runtime.metadata import (
     DTYPES,
     FORMAT,
@@ -689,13 +690,12 @@ def metadata(
     }
 
 
-def ort_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
-    """ONNX Runtime CPU session with all graph optimizations on (``threads`` 0: default)."""
+def ort_session(path: str | Path) -> Session:
+    """The runtime's ONNX Runtime CPU session, all graph optimizations on, quiet."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
     options.log_severity_level = 3  # no notes on float16 MatMuls it cannot constant-fold
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return open_session(path, "cpu", session_options=options)
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -717,15 +717,16 @@ def reference_outputs(
 
 
 def verify(
-    session: ort.InferenceSession | ReferenceEvaluator,
+    session: Session,
     model: AllegroModel,
     target: str,
     seed: int = 1,
     samples: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Relative error of every output of ``session`` (anything with ONNX Runtime's
-    ``run(output_names, feeds)``) against ``model`` on each of ``samples`` (default
-    :data:`VERIFY_SAMPLES`: fresh random structures, seed ``seed``)."""
+    """Relative error of every output of ``session`` (anything with the runtime
+    :class:`~allegro_deploy.runtime.backends.Session`'s ``run(inputs, outputs) -> dict``)
+    against ``model`` on each of ``samples`` (default :data:`VERIFY_SAMPLES`: fresh random
+    structures, seed ``seed``)."""
     inputs_spec, outputs_spec = tensor_specs(target, model.float64)
     c = model.config
     errors = {}
@@ -733,7 +734,8 @@ def verify(
         graph = graph_of(model, sample_structures(len(c.species), c.r_max, seed, kinds))
         inputs = target_inputs(graph, target, model.float64)
         feeds = {s.name: t.numpy() for s, t in zip(inputs_spec, inputs, strict=True)}
-        actual = session.run([s.name for s in outputs_spec], feeds)
+        outputs = session.run(feeds, [s.name for s in outputs_spec])
+        actual = [outputs[s.name] for s in outputs_spec]
         expected = reference_outputs(model, target, inputs)
         label = f"{name} ({graph.n_atoms} atoms, {graph.n_edges} edges)"
         errors[label] = {

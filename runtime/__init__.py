@@ -3,7 +3,7 @@
 Depends only on numpy, vesin, onnxruntime and ase; never imports torch, e3nn,
 ``allegro_deploy.models`` or ``allegro_deploy.exporters``.
 
-    from allegro_deploy.runtime import AllegroCalculator, Potential, Structure, Result
+    from allegro_deploy.runtime import AllegroCalculator, Potential, Profile, Structure, Result
 
 The names below are imported on first use, so importing a submodule such as
 ``allegro_deploy.runtime.neighbors`` does not load ONNX Runtime.
@@ -15,13 +15,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .backends import Profile
     from .calculator import AllegroCalculator
     from .potential import Potential, Result, Structure
 
-__all__ = ["AllegroCalculator", "Potential", "Result", "Structure"]
+__all__ = ["AllegroCalculator", "Potential", "Profile", "Result", "Structure"]
 
 _MODULES = {
     "AllegroCalculator": ".calculator",
+    "Profile": ".backends",
     "Potential": ".potential",
     "Result": ".potential",
     "Structure": ".potential",

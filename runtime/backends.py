@@ -1,9 +1,11 @@
-"""Inference sessions on ONNX Runtime (CPU, CUDA), OpenVINO and the TensorRT slot (numpy
-only, no torch).
+"""Inference sessions on ONNX Runtime (CPU, CUDA, TensorRT) and OpenVINO (numpy only, no
+torch).
 
 A :class:`Session` is created once per model file and reused for every call; it takes
 and returns numpy arrays by tensor name. ``"auto"`` picks ONNX Runtime's CUDA execution
 provider when onnxruntime-gpu and a usable GPU are present, else the CPU one.
+``"tensorrt"`` runs a float32-only file through ONNX Runtime's TensorRT execution provider
+(onnxruntime-gpu with NVIDIA's TensorRT 10 libraries), CUDA behind it.
 ``"openvino"`` runs the file on OpenVINO's CPU device (the optional extra
 ``allegro-deploy[openvino]``), with the ``allegro`` functions inlined at load.
 """
@@ -11,14 +13,20 @@ provider when onnxruntime-gpu and a usable GPU are present, else the CPU one.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from .metadata import ModelMetadata, TensorSpec, read_metadata
+
 BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "openvino")
 _CPU, _CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+_TENSORRT = "TensorrtExecutionProvider"
+DEFAULT_CACHE = Path.home() / ".cache" / "allegro-deploy" / "tensorrt"
+"""Where TensorRT engines and timing caches are kept unless the caller names a folder."""
 
 
 class BackendError(ValueError):
@@ -28,14 +36,22 @@ class BackendError(ValueError):
 class Session:
     """One model file loaded on one backend, for repeated evaluation.
 
-    backend: ``cpu``, ``cuda`` or ``openvino``, the backend actually in use.
+    backend: ``cpu``, ``cuda``, ``tensorrt`` or ``openvino``, the backend actually in use.
     input_names, output_names: the graph's tensor names in order.
+    profile: the sizes a TensorRT engine takes (None: any).
     """
 
-    def __init__(self, session: ort.InferenceSession, backend: str, path: Path) -> None:
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        backend: str,
+        path: Path,
+        profile: Profile | None = None,
+    ) -> None:
         self._session = session
         self.backend = backend
         self.path = path
+        self.profile = profile
         self.input_names = tuple(i.name for i in session.get_inputs())
         self.output_names = tuple(o.name for o in session.get_outputs())
 
@@ -75,8 +91,6 @@ class OpenVINOSession(Session):
                 f"backend 'openvino' needs the packages openvino and onnx ({error.name} is "
                 "missing); pip install 'allegro-deploy[openvino]', or use backend='cpu'"
             ) from None
-        from .metadata import read_metadata
-
         if read_metadata(path).dtype == "float64":
             raise BackendError(
                 f"{path} has a float64 network body, which OpenVINO would compute in float32; "
@@ -95,6 +109,7 @@ class OpenVINOSession(Session):
         self._request = compiled.create_infer_request()
         self.backend = "openvino"
         self.path = path
+        self.profile = None
         self.input_names = tuple(i.get_any_name() for i in compiled.inputs)
         self.output_names = tuple(o.get_any_name() for o in compiled.outputs)
 
@@ -110,6 +125,99 @@ class OpenVINOSession(Session):
         return {name: self._request.get_tensor(name).data.copy() for name in names}
 
 
+@dataclass(frozen=True)
+class Profile:
+    """The sizes a TensorRT engine is built for (one optimization profile).
+
+    max_atoms: most atoms of one graph evaluation (the centers and the ghost atoms their
+        edges reach, of all structures evaluated together).
+    max_neighbors: edges per atom on average; the engine takes up to
+        ``max_atoms * max_neighbors`` edges (fcc Cu at 5 Å: 42 edges per atom).
+    TensorRT tunes its kernels for ``opt`` sizes, half of the largest.
+    """
+
+    max_atoms: int = 4096
+    max_neighbors: int = 96
+
+    def __post_init__(self) -> None:
+        if self.max_atoms < 1 or self.max_neighbors < 1:
+            raise BackendError(
+                f"a TensorRT profile needs max_atoms and max_neighbors >= 1, got "
+                f"{self.max_atoms} and {self.max_neighbors}"
+            )
+
+    @property
+    def max_edges(self) -> int:
+        return self.max_atoms * self.max_neighbors
+
+    def provider_options(self, inputs: Sequence[TensorSpec]) -> dict[str, str]:
+        """``trt_profile_{min,opt,max}_shapes`` for the dynamic ``inputs`` of a file."""
+        sizes = {
+            "min": {"atoms": 1, "edges": 1},
+            "opt": {"atoms": max(1, self.max_atoms // 2), "edges": max(1, self.max_edges // 2)},
+            "max": {"atoms": self.max_atoms, "edges": self.max_edges},
+        }
+        dynamic = [spec for spec in inputs if any(isinstance(d, str) for d in spec.shape)]
+        return {
+            f"trt_profile_{kind}_shapes": ",".join(
+                f"{spec.name}:" + "x".join(str(size.get(d, d)) for d in spec.shape)
+                for spec in dynamic
+            )
+            for kind, size in sizes.items()
+        }
+
+
+def provider_options(
+    backend: str,
+    metadata: ModelMetadata | None = None,
+    *,
+    device_id: int = 0,
+    cache_dir: str | Path | None = None,
+    profile: Profile | None = None,
+) -> list[tuple[str, dict[str, str]]]:
+    """ONNX Runtime's ``providers=[(name, options)]`` for running ``metadata``'s file on
+    ``backend`` (``cpu``, ``cuda`` or ``tensorrt``), from the file's own precision
+    (``cpu`` needs no metadata).
+
+    cuda: TF32 matrix units only for a ``tf32`` file (``use_tf32``), CPU behind it.
+    tensorrt: the TensorRT execution provider, then CUDA and CPU for anything TensorRT
+        declines; FP16/BF16 enabled for real fp16/bf16 files (TensorRT 10's builder flags;
+        the files' explicit Casts say the same to a strongly typed TensorRT 11), the
+        engine and timing caches in ``cache_dir`` (default :data:`DEFAULT_CACHE`),
+        the dynamic sizes of ``profile`` (default :class:`Profile`). The custom
+        ``allegro`` nodes reach TensorRT as their function bodies unless a plugin of that
+        name is registered (``trt_extra_plugin_lib_paths``). TensorRT builds with TF32 by
+        default, and the execution provider has no option to clear it: an fp32 file's
+        products run in TF32 on GPUs that have it.
+    """
+    cpu = (_CPU, {})
+    if backend == "cpu":
+        return [cpu]
+    if metadata is None:
+        raise BackendError(f"backend {backend!r} needs the model file's metadata")
+    cuda = (
+        _CUDA,
+        {"device_id": str(device_id), "use_tf32": "1" if metadata.precision == "tf32" else "0"},
+    )
+    if backend == "cuda":
+        return [cuda, cpu]
+    if backend != "tensorrt":
+        raise BackendError(f"backend {backend!r} has no ONNX Runtime execution providers")
+    real = metadata.precision_mode == "real"
+    cache = str(cache_dir if cache_dir is not None else DEFAULT_CACHE)
+    tensorrt = {
+        "device_id": str(device_id),
+        "trt_fp16_enable": "1" if real and metadata.precision == "fp16" else "0",
+        "trt_bf16_enable": "1" if real and metadata.precision == "bf16" else "0",
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": "1",
+        "trt_timing_cache_path": cache,
+        **(profile or Profile()).provider_options(metadata.inputs),
+    }
+    return [(_TENSORRT, tensorrt), cuda, cpu]
+
+
 def open_session(
     path: str | Path,
     backend: str = "auto",
@@ -117,36 +225,42 @@ def open_session(
     threads: int | None = None,
     device_id: int = 0,
     session_options: ort.SessionOptions | None = None,
+    cache_dir: str | Path | None = None,
+    profile: Profile | None = None,
 ) -> Session:
-    """Load the ONNX file at ``path`` on ``backend`` (one of :data:`BACKENDS`).
+    """Load the ONNX file at ``path`` on ``backend`` (one of :data:`BACKENDS`); the one
+    place that opens an ONNX Runtime session.
 
-    threads: ONNX Runtime intra-op threads (None: one per physical core).
-    device_id: CUDA device ordinal for ``cuda`` (and ``auto`` when it picks CUDA).
+    threads: CPU intra-op threads (None: one per physical core).
+    device_id: CUDA device ordinal for ``cuda`` and ``tensorrt`` (and ``auto``).
     session_options: ONNX Runtime options to use instead of the defaults (all graph
         optimizations on); ``threads``, when given, is set on them.
+    cache_dir, profile: ``tensorrt`` only, see :func:`provider_options`.
+    ``auto`` picks ``cuda`` when onnxruntime-gpu finds a usable GPU, else ``cpu``.
     Raises :class:`BackendError` when the backend cannot run here (the message names
-    the missing package or device) and ``FileNotFoundError`` for a missing file.
+    the missing package, library or device) and ``FileNotFoundError`` for a missing file.
     """
     path = Path(path)
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
-    if backend == "tensorrt":
-        _refuse_tensorrt(path)
+    if threads is not None and threads < 1:
+        raise BackendError(f"threads must be >= 1, got {threads}")
     if backend == "openvino":
-        if threads is not None and threads < 1:
-            raise BackendError(f"threads must be >= 1, got {threads}")
         return OpenVINOSession(path, threads)
     options = _options(threads, session_options)
     if backend == "cpu" or (backend == "auto" and _CUDA not in ort.get_available_providers()):
-        return _cpu_session(path, options)
+        return Session(_ort_session(path, options, provider_options("cpu")), "cpu", path)
+    metadata = read_metadata(path)
+    if backend == "tensorrt":
+        return _tensorrt_session(path, options, metadata, device_id, cache_dir, profile)
     try:
-        return _cuda_session(path, options, device_id)
+        return _cuda_session(path, options, metadata, device_id)
     except BackendError:
         if backend == "cuda":
             raise
-    return _cpu_session(path, options)
+    return Session(_ort_session(path, options, provider_options("cpu")), "cpu", path)
 
 
 def _options(threads: int | None, base: ort.SessionOptions | None) -> ort.SessionOptions:
@@ -156,18 +270,19 @@ def _options(threads: int | None, base: ort.SessionOptions | None) -> ort.Sessio
     else:
         options = base
     if threads is not None:
-        if threads < 1:
-            raise BackendError(f"threads must be >= 1, got {threads}")
         options.intra_op_num_threads = threads
     return options
 
 
-def _cpu_session(path: Path, options: ort.SessionOptions) -> Session:
-    session = ort.InferenceSession(str(path), options, providers=[_CPU])
-    return Session(session, "cpu", path)
+def _ort_session(
+    path: Path, options: ort.SessionOptions, providers: list[tuple[str, dict[str, str]]]
+) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), options, providers=providers)
 
 
-def _cuda_session(path: Path, options: ort.SessionOptions, device_id: int) -> Session:
+def _cuda_session(
+    path: Path, options: ort.SessionOptions, metadata: ModelMetadata, device_id: int
+) -> Session:
     """A session on ONNX Runtime's CUDA execution provider, or :class:`BackendError`."""
     available = ort.get_available_providers()
     if _CUDA not in available:
@@ -176,12 +291,9 @@ def _cuda_session(path: Path, options: ort.SessionOptions, device_id: int) -> Se
             f"{ort.__version__} only has {', '.join(available)}; install onnxruntime-gpu "
             "(instead of onnxruntime) on a machine with an NVIDIA GPU, or use backend='cpu'"
         )
-    providers: list[str | tuple[str, dict[str, str]]] = [
-        (_CUDA, {"device_id": str(device_id)}),
-        _CPU,
-    ]
+    providers = provider_options("cuda", metadata, device_id=device_id)
     try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
+        session = _ort_session(path, options, providers)
     except Exception as error:  # ORT raises its own untyped errors when CUDA fails
         raise BackendError(
             f"ONNX Runtime's CUDA provider could not start on GPU {device_id}: {error}"
@@ -194,17 +306,45 @@ def _cuda_session(path: Path, options: ort.SessionOptions, device_id: int) -> Se
     return Session(session, "cuda", path)
 
 
-def _refuse_tensorrt(path: Path) -> None:
-    """The TensorRT slot: say clearly why it cannot run ``path`` (never returns)."""
-    try:
-        import tensorrt
-    except ImportError:
+def _tensorrt_session(
+    path: Path,
+    options: ort.SessionOptions,
+    metadata: ModelMetadata,
+    device_id: int,
+    cache_dir: str | Path | None,
+    profile: Profile | None,
+) -> Session:
+    """A session on ONNX Runtime's TensorRT execution provider, or :class:`BackendError`
+    naming what is missing: a float32-only file, onnxruntime-gpu, TensorRT's libraries
+    or a GPU."""
+    if metadata.float64:
         raise BackendError(
-            "backend 'tensorrt' needs NVIDIA TensorRT's Python package `tensorrt`, which is "
-            "not installed (pip install tensorrt on a machine with an NVIDIA GPU); "
-            "use backend='cuda' or 'cpu'"
-        ) from None
-    raise BackendError(
-        f"backend 'tensorrt' (TensorRT {tensorrt.__version__}) is not yet supported for the "
-        f"ONNX file {path}; use backend='cuda' or 'cpu'"
+            f"{path} holds float64 tensors, which TensorRT does not have; export a "
+            "float32-only file (allegro-deploy export --no-float64) for backend 'tensorrt'"
+        )
+    available = ort.get_available_providers()
+    if _TENSORRT not in available:
+        raise BackendError(
+            f"backend 'tensorrt' needs onnxruntime-gpu (ONNX Runtime's TensorRT execution "
+            f"provider), but the installed onnxruntime {ort.__version__} only has "
+            f"{', '.join(available)}; install onnxruntime-gpu and NVIDIA TensorRT 10 on a "
+            "machine with an NVIDIA GPU, or use backend='cuda' or 'cpu'"
+        )
+    profile = profile or Profile()
+    providers = provider_options(
+        "tensorrt", metadata, device_id=device_id, cache_dir=cache_dir, profile=profile
     )
+    Path(providers[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+    try:
+        session = _ort_session(path, options, providers)
+    except Exception as error:  # ORT raises its own untyped errors when TensorRT fails
+        raise BackendError(
+            f"ONNX Runtime's TensorRT provider could not build {path} on GPU {device_id}: {error}"
+        ) from error
+    if session.get_providers()[0] != _TENSORRT:
+        raise BackendError(
+            "onnxruntime-gpu could not start TensorRT (NVIDIA's TensorRT 10 libraries, "
+            "libnvinfer, not found on the library path, or no usable GPU "
+            f"{device_id}); use backend='cuda' or 'cpu'"
+        )
+    return Session(session, "tensorrt", path, profile)

@@ -20,7 +20,7 @@ import ase
 import numpy as np
 import onnxruntime as ort
 
-from .backends import Session, open_session
+from .backends import Profile, Session, open_session
 from .metadata import MetadataError, ModelMetadata, read_metadata, tensor_specs
 from .neighbors import neighbor_list
 from .validation import StructureError, element_symbol, species_indices, validate_structure
@@ -244,7 +244,9 @@ class Potential:
             raise ValueError(f"edge_budget must be >= 1, got {edge_budget}")
         self.session = session
         self.metadata = metadata
-        self.edge_budget = edge_budget
+        profile = session.profile
+        self.edge_budget = edge_budget if profile is None else min(edge_budget, profile.max_edges)
+        self._max_atoms = None if profile is None else profile.max_atoms
         self.min_distance = min_distance
         cutoffs = np.array(metadata.pair_cutoffs, dtype=np.float64)
         # Edges beyond their pair's cutoff contribute exactly zero: drop them.
@@ -259,16 +261,20 @@ class Potential:
         threads: int | None = None,
         device_id: int = 0,
         session_options: ort.SessionOptions | None = None,
+        cache_dir: str | Path | None = None,
+        profile: Profile | None = None,
         edge_budget: int = DEFAULT_EDGE_BUDGET,
         min_distance: float = DEFAULT_MIN_DISTANCE,
     ) -> Potential:
         """Load a ``structures`` export.
 
-        backend, threads, device_id, session_options: see
+        backend, threads, device_id, session_options, cache_dir, profile: see
             :func:`~allegro_deploy.runtime.backends.open_session`.
         edge_budget: most edges per graph evaluation (see :data:`DEFAULT_EDGE_BUDGET`):
             structures are batched up to it, and a structure with more edges is evaluated
             in pieces of consecutive centers. Results do not depend on it (to round-off).
+            A TensorRT profile lowers it to the profile's edges and caps the atoms of an
+            evaluation at its ``max_atoms``.
         min_distance: Å, atoms closer than this are refused.
         Raises :class:`MetadataError` for a file that is not a ``structures`` export this
         runtime reads (a ``pairs`` export is for the LAMMPS ML-IAP adapter).
@@ -276,7 +282,13 @@ class Potential:
         metadata = read_metadata(path)
         _check_target(metadata, path)
         session = open_session(
-            path, backend, threads=threads, device_id=device_id, session_options=session_options
+            path,
+            backend,
+            threads=threads,
+            device_id=device_id,
+            session_options=session_options,
+            cache_dir=cache_dir,
+            profile=profile,
         )
         return cls(session, metadata, edge_budget=edge_budget, min_distance=min_distance)
 
@@ -402,15 +414,27 @@ class Potential:
 
     def _batches(self, pieces: Iterable[_Piece]) -> Iterator[list[_Piece]]:
         """Consecutive runs of pieces with at most ``edge_budget`` edges in all (a piece
-        over the budget on its own)."""
+        over the budget on its own) and, under a TensorRT profile, at most its atoms."""
+        max_atoms = self._max_atoms or np.inf
         batch: list[_Piece] = []
-        edges = 0
+        edges = atoms = 0
         for piece in pieces:
-            if batch and edges + piece.n_edges > self.edge_budget:
+            if piece.n_atoms > max_atoms:
+                structure = piece.graph.structure
+                raise StructureError(
+                    f"structure {piece.owner} ({structure.formula()}): one evaluation of it "
+                    f"holds {piece.n_atoms} atoms (centers and the atoms their edges reach), "
+                    f"more than the TensorRT profile's max_atoms {self._max_atoms}; load the "
+                    "model with a larger Profile(max_atoms=...)"
+                )
+            if batch and (
+                edges + piece.n_edges > self.edge_budget or atoms + piece.n_atoms > max_atoms
+            ):
                 yield batch
-                batch, edges = [], 0
+                batch, edges, atoms = [], 0, 0
             batch.append(piece)
             edges += piece.n_edges
+            atoms += piece.n_atoms
         if batch:
             yield batch
 

@@ -175,9 +175,8 @@ def graph_of(model: AllegroModel, structures: list[ase.Atoms]) -> AtomicGraph:
 
 def run(path: Path, inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
     session = ort_session(path)
-    names = [i.name for i in session.get_inputs()]
-    feeds = {name: t.numpy() for name, t in zip(names, inputs, strict=True)}
-    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
+    feeds = {name: t.numpy() for name, t in zip(session.input_names, inputs, strict=True)}
+    return session.run(feeds)
 
 
 def assert_rel(actual: np.ndarray, expected: np.ndarray, tol: float) -> None:

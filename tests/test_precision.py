@@ -226,7 +226,7 @@ def test_real_fp16_file_runs_in_onnx_runtime_near_float32(fp16_file: Path) -> No
     )
     names = ("positions", "species", "edge_index", "edge_shifts", "structure_index", "n_structures")
     feeds = {n: t.numpy() for n, t in zip(names, structures_inputs(graph), strict=True)}
-    forces = ort_session(fp16_file).run(["forces"], feeds)[0]
+    forces = ort_session(fp16_file).run(feeds, ["forces"])["forces"]
     expected = model(graph)["forces"].detach().numpy()
     error = np.abs(forces - expected).max() / np.abs(expected).max()
     assert 1e-7 < error < 1e-3

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import ase
@@ -288,15 +287,6 @@ def test_pairs_target_is_refused_with_a_pointer_to_lammps(
         Potential.load(pairs)
     with pytest.raises(MetadataError, match="'pairs' export"):
         AllegroCalculator(pairs)
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("tensorrt") is not None,
-    reason="tensorrt is installed here, so the not-installed error cannot occur",
-)
-def test_tensorrt_backend_says_it_is_not_installed(files: dict[str, Path]) -> None:
-    with pytest.raises(BackendError, match="needs NVIDIA TensorRT's Python package `tensorrt`"):
-        Potential.load(files["float64"], "tensorrt")
 
 
 @pytest.mark.skipif(

@@ -39,7 +39,10 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-PRECISIONS = ("fp64", "fp32", "tf32", "fp16", "bf16")
+from allegro_deploy.runtime.metadata import FULL_PRECISIONS
+from allegro_deploy.runtime.metadata import PRECISIONS as FILE_PRECISIONS
+
+PRECISIONS = tuple(FILE_PRECISIONS)
 METRICS: dict[str, tuple[str, str, str]] = {
     "energy_mae": ("meV/atom", "E MAE", "mean |ΔE| / atoms"),
     "energy_max": ("meV/atom", "E max", "largest |ΔE| / atoms"),
@@ -365,7 +368,7 @@ def export_variants(
     cuda = _cuda_available()
     variants = []
     for precision in precisions:
-        reduced = precision in ("tf32", "fp16", "bf16")
+        reduced = precision not in FULL_PRECISIONS.values()
         emulate = reduced and not cuda
         path = folder / f"{precision}{'_emulated' if emulate else ''}.onnx"
         export_model(

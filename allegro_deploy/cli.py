@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from allegro_deploy import __version__
+from allegro_deploy.runtime.metadata import DTYPES, PRECISIONS, TARGETS  # stdlib only: cheap
 
 
 def _parse_floats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
@@ -369,19 +370,19 @@ def md(
 )
 @click.option(
     "--dtype",
-    type=click.Choice(["float32", "float64"]),
+    type=click.Choice(DTYPES),
     help="Precision of the network body (default: the checkpoint's).",
 )
 @click.option(
     "--target",
-    type=click.Choice(["structures", "pairs"]),
+    type=click.Choice(TARGETS),
     default="structures",
     show_default=True,
     help="structures: ASE, i-PI, batches; pairs: LAMMPS ML-IAP.",
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp64", "fp32", "tf32", "fp16", "bf16"]),
+    type=click.Choice(list(PRECISIONS)),
     help="Matrix products of the MLPs and tensor products (default: the dtype's full "
     "precision); tf32, fp16 and bf16 export float32 with float32 accumulation.",
 )

@@ -2,7 +2,7 @@
 against ONNX Runtime, in one process run.
 
     python benchmarks/float32_runtimes.py [--models tutorial,large] [--sizes 864,100000]
-        [--threads 2] [--repeats 5] [--out runs/float32_runtimes]
+        [--threads 2] [--repeats 5] [--edge-budget 20000] [--out runs/float32_runtimes]
 
 For the tutorial-size and the larger model of ``cpu_speed.py`` (random weights, seed 0,
 energy shift -3.5 eV), three exports: float64 (the reference), the default float32 file
@@ -63,15 +63,18 @@ def export_files(config: Any, folder: Path, name: str) -> dict[str, Path]:
     return files
 
 
-def accuracy(files: dict[str, Path], n_atoms: int, threads: int) -> list[dict[str, Any]]:
+def accuracy(
+    files: dict[str, Path], n_atoms: int, threads: int, edge_budget: int
+) -> list[dict[str, Any]]:
     """Errors of each of :data:`RUNS` against the float64 file on ``n_atoms`` of Cu."""
     atoms = fcc_cell(n_atoms, "Cu")
     volume = atoms.get_volume()
-    reference = Potential.load(files["float64"], "cpu", threads=threads).evaluate(atoms)
+    options = {"threads": threads, "edge_budget": edge_budget}
+    reference = Potential.load(files["float64"], "cpu", **options).evaluate(atoms)
     rows = []
     for kind, backend in RUNS:
         start = time.perf_counter()
-        result = Potential.load(files[kind], backend, threads=threads).evaluate(atoms)
+        result = Potential.load(files[kind], backend, **options).evaluate(atoms)
         seconds = time.perf_counter() - start
         force_error = float(np.abs(result.forces - reference.forces).max())
         rows.append(
@@ -87,7 +90,8 @@ def accuracy(files: dict[str, Path], n_atoms: int, threads: int) -> list[dict[st
                 "seconds": seconds,
             }
         )
-        print(f"  {n_atoms} atoms, {kind} on {backend}: {seconds:.1f} s", flush=True)
+        errors = ", ".join(f"{k} {v:.2e}" for k, v in rows[-1].items() if "error" in k)
+        print(f"  {n_atoms} atoms, {kind} on {backend}: {seconds:.1f} s, {errors}", flush=True)
     return rows
 
 
@@ -140,6 +144,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="864,100000", help="atoms of the accuracy cells")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per backend")
+    parser.add_argument(
+        "--edge-budget",
+        type=int,
+        default=20_000,
+        help="edges per graph evaluation of the accuracy runs (memory: the larger model in "
+        "float64 needs far more per edge than the tutorial one)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/float32_runtimes"))
     args = parser.parse_args()
     console = Console(width=140)
@@ -151,7 +162,7 @@ def main() -> None:
             accuracies[name] = [
                 row
                 for size in args.sizes.split(",")
-                for row in accuracy(files, int(size), args.threads)
+                for row in accuracy(files, int(size), args.threads, args.edge_budget)
             ]
             torch.manual_seed(0)
             model = AllegroModel(MODELS[name]).eval()

@@ -1,6 +1,6 @@
 """Export an Allegro model's energy, forces and virial to one ONNX file.
 
-Recipe (design notes §3): the per-atom energy and its gradient with respect to the edge
+Recipe: the per-atom energy and its gradient with respect to the edge
 vectors are traced into one flat graph by ``make_fx`` (weights passed as inputs through
 ``torch.func.functional_call``; duck shaping off; ``silu_backward`` decomposed stably),
 with the tensor products routed through the custom ops of

@@ -55,10 +55,6 @@ class ScalarMLP(torch.nn.Module):
         self.alphas = [gain / math.sqrt(d_in) for gain, d_in in zip(gains, dims[:-1], strict=True)]
         self.nonlinearity = _NONLINEARITIES[nonlinearity]()
 
-    @property
-    def is_linear(self) -> bool:
-        return len(self.weights) == 1
-
     def forward(self, *blocks: torch.Tensor) -> torch.Tensor:
         """blocks: (n, d_b) column blocks of the input, widths summing to ``input_dim``
         -> (n, output_dim). Several blocks give the output of their concatenation without

@@ -40,6 +40,9 @@ from dataclasses import dataclass
 
 import torch
 
+from allegro_deploy.runtime.metadata import FULL_PRECISIONS
+from allegro_deploy.runtime.metadata import PRECISIONS as FILE_PRECISIONS
+
 
 @dataclass(frozen=True)
 class Precision:
@@ -58,15 +61,18 @@ class Precision:
     reduced_dtype: torch.dtype | None = None
 
 
-_ALL = (
-    Precision("fp64", "float64", 52),
-    Precision("fp32", "float32", 23),
-    Precision("tf32", "float32", 10),
-    Precision("fp16", "float32", 10, torch.float16),
-    Precision("bf16", "float32", 7, torch.bfloat16),
-)
-PRECISIONS: dict[str, Precision] = {p.name: p for p in _ALL}
-"""Every precision by name, most precise first."""
+_PRODUCTS = {
+    "fp64": (52, None),
+    "fp32": (23, None),
+    "tf32": (10, None),
+    "fp16": (10, torch.float16),
+    "bf16": (7, torch.bfloat16),
+}
+"""Mantissa bits and storage type of each precision's product inputs."""
+PRECISIONS: dict[str, Precision] = {
+    name: Precision(name, dtype, *_PRODUCTS[name]) for name, dtype in FILE_PRECISIONS.items()
+}
+"""Every precision by name (names and dtypes from the file contract), most precise first."""
 MODES = ("real", "emulated")
 
 
@@ -79,7 +85,7 @@ def get_precision(name: str) -> Precision:
 
 def dtype_precision(dtype: str) -> str:
     """The full precision of a model dtype: ``float64`` -> fp64, ``float32`` -> fp32."""
-    return {"float64": "fp64", "float32": "fp32"}[dtype]
+    return FULL_PRECISIONS[dtype]
 
 
 _VELTKAMP_SPLITTER = 2.0**13 + 1.0

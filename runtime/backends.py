@@ -275,9 +275,24 @@ def _options(threads: int | None, base: ort.SessionOptions | None) -> ort.Sessio
 
 
 def _ort_session(
-    path: Path, options: ort.SessionOptions, providers: list[tuple[str, dict[str, str]]]
+    path: Path,
+    options: ort.SessionOptions,
+    providers: list[tuple[str, dict[str, str]]],
+    failed: str = "",
+    fell_back: str = "",
 ) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), options, providers=providers)
+    """An ONNX Runtime session of ``path`` on ``providers``. For a GPU provider, a
+    :class:`BackendError` saying ``failed`` (with ONNX Runtime's error) when the session
+    cannot be created, or ``fell_back`` when ONNX Runtime dropped the first provider."""
+    if not failed:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as error:  # ORT raises its own untyped errors when a GPU provider fails
+        raise BackendError(f"{failed}: {error}") from error
+    if session.get_providers()[0] != providers[0][0]:
+        raise BackendError(fell_back)
+    return session
 
 
 def _cuda_session(
@@ -291,18 +306,14 @@ def _cuda_session(
             f"{ort.__version__} only has {', '.join(available)}; install onnxruntime-gpu "
             "(instead of onnxruntime) on a machine with an NVIDIA GPU, or use backend='cpu'"
         )
-    providers = provider_options("cuda", metadata, device_id=device_id)
-    try:
-        session = _ort_session(path, options, providers)
-    except Exception as error:  # ORT raises its own untyped errors when CUDA fails
-        raise BackendError(
-            f"ONNX Runtime's CUDA provider could not start on GPU {device_id}: {error}"
-        ) from error
-    if session.get_providers()[0] != _CUDA:
-        raise BackendError(
-            f"onnxruntime-gpu is installed but found no usable CUDA GPU {device_id} "
-            "(no NVIDIA driver or device, or a CUDA/cuDNN version mismatch); use backend='cpu'"
-        )
+    session = _ort_session(
+        path,
+        options,
+        provider_options("cuda", metadata, device_id=device_id),
+        failed=f"ONNX Runtime's CUDA provider could not start on GPU {device_id}",
+        fell_back=f"onnxruntime-gpu is installed but found no usable CUDA GPU {device_id} "
+        "(no NVIDIA driver or device, or a CUDA/cuDNN version mismatch); use backend='cpu'",
+    )
     return Session(session, "cuda", path)
 
 
@@ -335,16 +346,13 @@ def _tensorrt_session(
         "tensorrt", metadata, device_id=device_id, cache_dir=cache_dir, profile=profile
     )
     Path(providers[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
-    try:
-        session = _ort_session(path, options, providers)
-    except Exception as error:  # ORT raises its own untyped errors when TensorRT fails
-        raise BackendError(
-            f"ONNX Runtime's TensorRT provider could not build {path} on GPU {device_id}: {error}"
-        ) from error
-    if session.get_providers()[0] != _TENSORRT:
-        raise BackendError(
-            "onnxruntime-gpu could not start TensorRT (NVIDIA's TensorRT 10 libraries, "
-            "libnvinfer, not found on the library path, or no usable GPU "
-            f"{device_id}); use backend='cuda' or 'cpu'"
-        )
+    session = _ort_session(
+        path,
+        options,
+        providers,
+        failed=f"ONNX Runtime's TensorRT provider could not build {path} on GPU {device_id}",
+        fell_back="onnxruntime-gpu could not start TensorRT (NVIDIA's TensorRT 10 libraries, "
+        f"libnvinfer, not found on the library path, or no usable GPU {device_id}); use "
+        "backend='cuda' or 'cpu'",
+    )
     return Session(session, "tensorrt", path, profile)

@@ -37,7 +37,10 @@ PRECISIONS = {
     "fp16": "float32",
     "bf16": "float32",
 }
-"""Precision of the matrix products -> the dtype it belongs to."""
+"""Precision of the matrix products -> the dtype it belongs to; the one list of
+precision names."""
+FULL_PRECISIONS = {"float64": "fp64", "float32": "fp32"}
+"""Model dtype -> its full precision (the others are reduced precisions of float32)."""
 PRECISION_MODES = ("real", "emulated")
 
 # ONNX ModelProto field numbers (onnx.proto): metadata_props is a repeated
@@ -227,7 +230,7 @@ class ModelMetadata:
             raise MetadataError(
                 f"{source} has unknown dtype {dtype!r}; this runtime knows {', '.join(DTYPES)}"
             )
-        precision = props.get("precision", "fp64" if dtype == "float64" else "fp32")
+        precision = props.get("precision", FULL_PRECISIONS[dtype])
         mode = props.get("precision_mode", "real")
         if PRECISIONS.get(precision) != dtype or mode not in PRECISION_MODES:
             raise MetadataError(

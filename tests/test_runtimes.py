@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from exported_models import copper, small_model
 from onnx import TensorProto, numpy_helper
 from onnx import helper as oh
 from onnx.reference import ReferenceEvaluator
@@ -31,9 +32,6 @@ from allegro_deploy.models.precision import matmul_precision
 from allegro_deploy.runtime import AllegroCalculator, Potential
 from allegro_deploy.runtime.backends import BackendError, open_session
 from allegro_deploy.runtime.metadata import read_metadata, tensor_specs
-
-sys.path.insert(0, str(Path(__file__).parent))
-from exported_models import copper, small_model  # noqa: E402
 
 openvino = pytest.importorskip("openvino")
 

@@ -156,3 +156,19 @@ def test_info_tensorrt_exits_1_on_a_failing_file(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "3 would fail" in result.output
     result = CliRunner().invoke(main, ["info", "--tensorrt", str(tmp_path / "x.safetensors")])
     assert result.exit_code != 0
+
+
+def test_exporters_package_reexports_its_api_and_the_check_needs_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from allegro_deploy.exporters import check_tensorrt, TensorRTReport\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "from allegro_deploy.exporters import ExportError, ExportReport, export_checkpoint\n"
+        "from allegro_deploy.exporters import export_model\n"
+        "assert export_model.__module__ == 'allegro_deploy.exporters.onnx_export'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

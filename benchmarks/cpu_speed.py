@@ -1,4 +1,4 @@
-"""CPU inference speed against the official nequip-allegro model, in one process run (issue 7).
+"""CPU inference speed against the official nequip-allegro model, in one process run.
 
     python benchmarks/cpu_speed.py [--threads 2] [--repeats 7] [--repeats-large 5]
         [--sizes 1000,4000,10000,32000,100000] [--out runs/cpu_speed]
@@ -91,8 +91,8 @@ def same_weights(
 
 
 def summary(reports: dict[str, BenchReport]) -> Table:
-    """The issue-7 figures with their goals."""
-    table = Table(title="issue 7 goals", title_justify="left")
+    """The benchmark's figures with their goals."""
+    table = Table(title="CPU speed goals", title_justify="left")
     for column in ("figure", "measured", "goal"):
         table.add_column(column)
 

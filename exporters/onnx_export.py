@@ -112,6 +112,7 @@ from allegro_deploy.models.precision import dtype_precision, get_precision, matm
 from allegro_deploy.runtime.backends import Session, open_session
 from allegro_deploy.runtime.metadata import (
     DTYPES,
+    EDGE_INDEX,
     FORMAT,
     FORMAT_VERSION,
     TARGETS,
@@ -433,7 +434,7 @@ def trace(model: AllegroModel, target: str, inputs: Sequence[torch.Tensor]) -> t
             _allow_non_fake_inputs=True,
         )(*inputs, *state)
     edge_index = list(graph.graph.find_nodes(op="placeholder"))[
-        [spec.name for spec in tensor_specs(target, model.float64)[0]].index("edge_index")
+        [spec.name for spec in tensor_specs(target, model.float64)[0]].index(EDGE_INDEX)
     ]
     _mark_center_sums(graph, edge_index)
     return _TracedGraph(graph, state)

@@ -54,6 +54,16 @@ class MetadataError(ValueError):
     """A model file this runtime cannot run; the message says why."""
 
 
+# The graph's tensor names, defined once: :func:`tensor_specs` and the code that feeds
+# and reads the tensors use these.
+POSITIONS, SPECIES, EDGE_INDEX = "positions", "species", "edge_index"
+EDGE_SHIFTS, EDGE_VECTORS = "edge_shifts", "edge_vectors"
+STRUCTURE_INDEX, N_STRUCTURES, N_LOCAL = "structure_index", "n_structures", "n_local"
+ENERGY, ATOMIC_ENERGIES, FORCES = "energy", "atomic_energies", "forces"
+VIRIAL, ATOMIC_VIRIALS = "virial", "atomic_virials"
+ATOMIC_ENERGIES_UNSHIFTED, PAIR_FORCES = "atomic_energies_unshifted", "pair_forces"
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One graph input or output as documented in a file's metadata.
@@ -84,56 +94,56 @@ def tensor_specs(
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     edge_vectors = TensorSpec(
-        "edge_vectors", "float64" if float64 else "float32", ("edges", 3), "Å", "r_ij = x_j - x_i"
+        EDGE_VECTORS, "float64" if float64 else "float32", ("edges", 3), "Å", "r_ij = x_j - x_i"
     )
     species_of = "local + ghost atoms" if target == "pairs" else "each atom"
-    species = TensorSpec("species", "int64", ("atoms",), "", f"species index of {species_of}")
-    edge_index = TensorSpec("edge_index", "int64", (2, "edges"), "", "rows (center, neighbor)")
-    n_local = TensorSpec("n_local", "int64", (), "", "local atoms, the first n_local")
+    species = TensorSpec(SPECIES, "int64", ("atoms",), "", f"species index of {species_of}")
+    edge_index = TensorSpec(EDGE_INDEX, "int64", (2, "edges"), "", "rows (center, neighbor)")
+    n_local = TensorSpec(N_LOCAL, "int64", (), "", "local atoms, the first n_local")
     if not float64:
         energies = "local_atoms" if target == "pairs" else "atoms"
         inputs = (edge_vectors, species, edge_index)
         return (*inputs, n_local) if target == "pairs" else inputs, (
             TensorSpec(
-                "atomic_energies_unshifted",
+                ATOMIC_ENERGIES_UNSHIFTED,
                 "float32",
                 (energies,),
                 "eV",
                 "per-atom energy less its species' energy_shifts (added in float64 outside)",
             ),
-            TensorSpec("pair_forces", "float32", ("edges", 3), "eV/Å", "∂E/∂r_ij"),
+            TensorSpec(PAIR_FORCES, "float32", ("edges", 3), "eV/Å", "∂E/∂r_ij"),
         )
     if target == "pairs":
         return (edge_vectors, species, edge_index, n_local), (
-            TensorSpec("atomic_energies", "float64", ("local_atoms",), "eV", "local atoms"),
-            TensorSpec("pair_forces", "float64", ("edges", 3), "eV/Å", "∂E/∂r_ij"),
+            TensorSpec(ATOMIC_ENERGIES, "float64", ("local_atoms",), "eV", "local atoms"),
+            TensorSpec(PAIR_FORCES, "float64", ("edges", 3), "eV/Å", "∂E/∂r_ij"),
         )
     return (
-        TensorSpec("positions", "float64", ("atoms", 3), "Å", "Cartesian positions"),
+        TensorSpec(POSITIONS, "float64", ("atoms", 3), "Å", "Cartesian positions"),
         species,
         edge_index,
         TensorSpec(
-            "edge_shifts",
+            EDGE_SHIFTS,
             "float64",
             ("edges", 3),
             "Å",
             "r_ij = positions[neighbor] - positions[center] + edge_shifts",
         ),
-        TensorSpec("structure_index", "int64", ("atoms",), "", "structure of each atom"),
-        TensorSpec("n_structures", "int64", (), "", "number of structures"),
+        TensorSpec(STRUCTURE_INDEX, "int64", ("atoms",), "", "structure of each atom"),
+        TensorSpec(N_STRUCTURES, "int64", (), "", "number of structures"),
     ), (
-        TensorSpec("energy", "float64", ("structures",), "eV", "total energy"),
-        TensorSpec("atomic_energies", "float64", ("atoms",), "eV", "per-atom energy"),
-        TensorSpec("forces", "float64", ("atoms", 3), "eV/Å", "-dE/dr"),
+        TensorSpec(ENERGY, "float64", ("structures",), "eV", "total energy"),
+        TensorSpec(ATOMIC_ENERGIES, "float64", ("atoms",), "eV", "per-atom energy"),
+        TensorSpec(FORCES, "float64", ("atoms", 3), "eV/Å", "-dE/dr"),
         TensorSpec(
-            "virial",
+            VIRIAL,
             "float64",
             ("structures", 3, 3),
             "eV",
             "-dE/dε (symmetric strain); stress = -virial / volume",
         ),
         TensorSpec(
-            "atomic_virials",
+            ATOMIC_VIRIALS,
             "float64",
             ("atoms", 3, 3),
             "eV",

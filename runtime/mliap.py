@@ -32,7 +32,17 @@ from typing import Any
 import numpy as np
 
 from .backends import Session, open_session
-from .metadata import MetadataError, read_metadata
+from .metadata import (
+    ATOMIC_ENERGIES,
+    ATOMIC_ENERGIES_UNSHIFTED,
+    EDGE_INDEX,
+    EDGE_VECTORS,
+    N_LOCAL,
+    PAIR_FORCES,
+    SPECIES,
+    MetadataError,
+    read_metadata,
+)
 
 try:
     from lammps.mliap.mliap_unified_abc import MLIAPUnified
@@ -148,22 +158,22 @@ class AllegroMLIAP(MLIAPUnified):
         species = self._species_of_element[np.asarray(data.elems)]
         outputs = self._session.run(
             {
-                "edge_vectors": edge_vectors,
-                "species": species,
-                "edge_index": edge_index,
-                "n_local": np.array(data.nlocal, dtype=np.int64),
+                EDGE_VECTORS: edge_vectors,
+                SPECIES: species,
+                EDGE_INDEX: edge_index,
+                N_LOCAL: np.array(data.nlocal, dtype=np.int64),
             }
         )
         listed = np.asarray(data.iatoms)[:n_listed]
         if self._float64:
-            atomic_energies = outputs["atomic_energies"][listed]
+            atomic_energies = outputs[ATOMIC_ENERGIES][listed]
         else:
-            unshifted = np.asarray(outputs["atomic_energies_unshifted"], np.float64)[listed]
+            unshifted = np.asarray(outputs[ATOMIC_ENERGIES_UNSHIFTED], np.float64)[listed]
             atomic_energies = unshifted + self._energy_shifts[species[listed]]
         data.eatoms = np.ascontiguousarray(atomic_energies, dtype=np.float64)
         data.energy = float(atomic_energies.sum())
         if n_pairs:
-            data.update_pair_forces(np.ascontiguousarray(outputs["pair_forces"], np.float64))
+            data.update_pair_forces(np.ascontiguousarray(outputs[PAIR_FORCES], np.float64))
 
     def compute_descriptors(self, data: Any) -> None:
         """Unused: Allegro has no separate descriptor step."""

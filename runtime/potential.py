@@ -21,7 +21,22 @@ import numpy as np
 import onnxruntime as ort
 
 from .backends import Profile, Session, open_session
-from .metadata import MetadataError, ModelMetadata, read_metadata, tensor_specs
+from .metadata import (
+    ATOMIC_ENERGIES,
+    EDGE_INDEX,
+    EDGE_SHIFTS,
+    EDGE_VECTORS,
+    FORCES,
+    N_STRUCTURES,
+    POSITIONS,
+    SPECIES,
+    STRUCTURE_INDEX,
+    VIRIAL,
+    MetadataError,
+    ModelMetadata,
+    read_metadata,
+    tensor_specs,
+)
 from .neighbors import neighbor_list
 from .validation import StructureError, element_symbol, species_indices, validate_structure
 
@@ -35,7 +50,7 @@ loaded model, 3.1 GiB in all."""
 DEFAULT_MIN_DISTANCE = 0.5
 """Å; atoms closer than this are refused (see ``validate_structure``)."""
 
-_OUTPUTS = ("atomic_energies", "forces", "virial")
+_OUTPUTS = (ATOMIC_ENERGIES, FORCES, VIRIAL)
 """The outputs read from a file with float64 tensors: a structure's energy is the sum of
 the atomic energies of its own atoms (an evaluation's ``energy`` output also counts the
 energy shifts of ghost atoms). A float32-only file's outputs are all read."""
@@ -444,14 +459,14 @@ class Potential:
         n_atoms = [p.n_atoms for p in pieces]
         offsets = np.cumsum([0, *n_atoms])
         inputs = {
-            "positions": np.concatenate([p.gather(p.graph.structure.positions) for p in pieces]),
-            "species": np.concatenate([p.gather(p.graph.species) for p in pieces]),
-            "edge_index": np.concatenate(
+            POSITIONS: np.concatenate([p.gather(p.graph.structure.positions) for p in pieces]),
+            SPECIES: np.concatenate([p.gather(p.graph.species) for p in pieces]),
+            EDGE_INDEX: np.concatenate(
                 [p.edge_index + offset for p, offset in zip(pieces, offsets, strict=False)], 1
             ),
-            "edge_shifts": np.concatenate([p.edge_shifts for p in pieces]),
-            "structure_index": np.repeat(np.arange(len(pieces)), n_atoms),
-            "n_structures": np.array(len(pieces)),
+            EDGE_SHIFTS: np.concatenate([p.edge_shifts for p in pieces]),
+            STRUCTURE_INDEX: np.repeat(np.arange(len(pieces)), n_atoms),
+            N_STRUCTURES: np.array(len(pieces)),
         }
         if self.metadata.float64:
             outputs = self.session.run(inputs, _OUTPUTS)
@@ -477,20 +492,20 @@ class Potential:
         edge_counts: (S,) edges of each structure, in order. Returns atomic energies (N,)
         eV, forces (N, 3) eV/Å and virials (S, 3, 3) eV, float64.
         """
-        positions, (centers, neighbors) = inputs["positions"], inputs["edge_index"]
-        vectors = positions[neighbors] - positions[centers] + inputs["edge_shifts"]
-        species = inputs["species"]
+        positions, (centers, neighbors) = inputs[POSITIONS], inputs[EDGE_INDEX]
+        vectors = positions[neighbors] - positions[centers] + inputs[EDGE_SHIFTS]
+        species = inputs[SPECIES]
         outputs = self.session.run(
             {
-                "edge_vectors": vectors.astype(np.float32),
-                "species": species,
-                "edge_index": inputs["edge_index"],
+                EDGE_VECTORS: vectors.astype(np.float32),
+                SPECIES: species,
+                EDGE_INDEX: inputs[EDGE_INDEX],
             },
             self._outputs,
         )
         unshifted, pair_forces = (np.asarray(outputs[n], np.float64) for n in self._outputs)
         atomic = unshifted + self._energy_shifts[species]
-        forces = pair_forces_to_atoms(pair_forces, inputs["edge_index"], len(species))
+        forces = pair_forces_to_atoms(pair_forces, inputs[EDGE_INDEX], len(species))
         return atomic, forces, pair_virials(pair_forces, vectors, edge_counts)
 
 

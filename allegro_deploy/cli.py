@@ -427,6 +427,36 @@ def export(
     click.echo(report.summary())
 
 
+@main.command("compile")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="EP-context .onnx file to write (the engine embedded).",
+)
+@click.option("--max-atoms", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option(
+    "--max-neighbors",
+    type=click.IntRange(min=1),
+    default=96,
+    show_default=True,
+    help="Edges per atom; the engine takes max-atoms x max-neighbors edges.",
+)
+@click.option("--device-id", type=click.IntRange(min=0), default=0, show_default=True)
+def compile_engine_command(
+    model: Path, output: Path, max_atoms: int, max_neighbors: int, device_id: int
+) -> None:
+    """Build MODEL's TensorRT engine on this GPU into an EP-context file that loads
+    without rebuilding (MODEL: a --no-float64 export)."""
+    from allegro_deploy.exporters.compile import compile_engine
+    from allegro_deploy.runtime.backends import Profile
+
+    profile = Profile(max_atoms, max_neighbors)
+    compile_engine(model, output, profile=profile, device_id=device_id, log=click.echo)
+
+
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(

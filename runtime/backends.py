@@ -12,6 +12,7 @@ provider when onnxruntime-gpu and a usable GPU are present, else the CPU one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,15 @@ class Profile:
                 f"a TensorRT profile needs max_atoms and max_neighbors >= 1, got "
                 f"{self.max_atoms} and {self.max_neighbors}"
             )
+
+    @classmethod
+    def of(cls, metadata: ModelMetadata) -> Profile:
+        """The profile a compiled file's engine was built for (its ``compiled_for``
+        metadata), else the default one."""
+        compiled = json.loads(metadata.raw.get("compiled_for", "{}"))
+        if "max_atoms" not in compiled:
+            return cls()
+        return cls(int(compiled["max_atoms"]), int(compiled["max_neighbors"]))
 
     @property
     def max_edges(self) -> int:
@@ -341,7 +351,7 @@ def _tensorrt_session(
             f"{', '.join(available)}; install onnxruntime-gpu and NVIDIA TensorRT 10 on a "
             "machine with an NVIDIA GPU, or use backend='cuda' or 'cpu'"
         )
-    profile = profile or Profile()
+    profile = profile or Profile.of(metadata)
     providers = provider_options(
         "tensorrt", metadata, device_id=device_id, cache_dir=cache_dir, profile=profile
     )

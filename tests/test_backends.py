@@ -8,10 +8,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from click.testing import CliRunner
 from exported_models import copper, exported, small_model
 
+from allegro_deploy.cli import main
+from allegro_deploy.exporters.compile import carry_metadata
 from allegro_deploy.exporters.onnx_export import export_model
 from allegro_deploy.runtime import Potential
 from allegro_deploy.runtime.backends import (
@@ -176,3 +180,42 @@ def test_gpu_check_reports_every_gpu_path_skipped_without_a_gpu(tmp_path: Path) 
     assert set(report["skipped"]) == {"ONNX Runtime CUDA", "ONNX Runtime TensorRT", "torch CUDA"}
     assert "needs onnxruntime-gpu" in report["skipped"]["ONNX Runtime TensorRT"]
     assert report["results"] == {} and "skipped (" in result.stdout
+
+
+def test_compile_refuses_a_file_tensorrt_would_not_parse(tmp_path_factory, tmp_path) -> None:
+    source = exported(tmp_path_factory, "float64")
+    output = tmp_path / "engine.onnx"
+    result = CliRunner().invoke(main, ["compile", str(source), "-o", str(output)])
+    assert result.exit_code == 1
+    assert (
+        "nodes would fail in TensorRT 10.1's parser" in result.output and "DOUBLE" in result.output
+    )
+    assert not output.exists()
+
+
+def test_compile_never_replaces_its_source(float32_only: Path) -> None:
+    result = CliRunner().invoke(main, ["compile", str(float32_only), "-o", str(float32_only)])
+    assert result.exit_code == 1 and "must not replace its source" in result.output
+
+
+@NO_GPU
+def test_compile_says_what_is_missing_and_leaves_no_file(float32_only: Path, tmp_path) -> None:
+    output = tmp_path / "engine.onnx"
+    result = CliRunner().invoke(main, ["compile", str(float32_only), "-o", str(output)])
+    assert result.exit_code == 1 and "needs onnxruntime-gpu" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_compiled_file_keeps_the_metadata_and_its_profile(float32_only: Path, tmp_path) -> None:
+    """What ``compile`` writes around ONNX Runtime's EP-context model (here the export
+    itself stands in for it): the export's metadata and the engine's profile."""
+    compiled = onnx.load(float32_only)
+    compiled.ClearField("metadata_props")
+    profile = {"backend": "tensorrt", "max_atoms": 500, "max_neighbors": 64}
+    carry_metadata(onnx.load(float32_only), compiled, profile)
+    path = tmp_path / "compiled.onnx"
+    onnx.save(compiled, path)
+    meta = read_metadata(path)
+    assert meta.float64 is False and meta.species == read_metadata(float32_only).species
+    assert Profile.of(meta) == Profile(max_atoms=500, max_neighbors=64)
+    assert Profile.of(read_metadata(float32_only)) == Profile()

@@ -39,7 +39,7 @@ _backend_option = click.option(
     "--backend",
     default="auto",
     show_default=True,
-    help="auto, cpu, cuda, tensorrt or openvino (see allegro_deploy.runtime.backends).",
+    help="auto, cpu, cuda, tensorrt, tensorrt-rtx or openvino (allegro_deploy.runtime.backends).",
 )
 
 

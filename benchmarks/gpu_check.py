@@ -5,7 +5,7 @@
 A small model with seeded random weights (the tutorial size of ``cpu_speed.py``, species
 H, C, O, Cu) is exported at each precision: default files (fp32, tf32, fp16, bf16) for
 ONNX Runtime CUDA, float32-only files (``--no-float64``) for ONNX Runtime's TensorRT
-execution provider. For each path that can run here:
+execution provider and TensorRT-RTX's plugin execution provider. For each path that can run here:
 
 - agreement with the float64 file on ONNX Runtime CPU (the reference) on 864-atom Cu:
   energy per atom, forces and virial, relative to the largest reference value;
@@ -23,6 +23,7 @@ reports every GPU path as skipped. Prints a table and writes ``gpu_check.json`` 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import shutil
@@ -40,7 +41,12 @@ from allegro_deploy.bench import fcc_cell, molecules
 from allegro_deploy.runtime.backends import BackendError
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
-PATHS = {"cuda": "ONNX Runtime CUDA", "tensorrt": "ONNX Runtime TensorRT", "torch": "torch CUDA"}
+PATHS = {
+    "cuda": "ONNX Runtime CUDA",
+    "tensorrt": "ONNX Runtime TensorRT",
+    "tensorrt-rtx": "ONNX Runtime TensorRT-RTX",
+    "torch": "torch CUDA",
+}
 REPEATS, WARMUP, MD_STEPS = 5, 2, 200
 
 
@@ -77,6 +83,10 @@ def unavailable() -> dict[str, str]:
             why[path] = "no NVIDIA GPU (nvidia-smi finds none)"
         else:
             why[path] = ""
+    if importlib.util.find_spec("onnxruntime_ep_nv_tensorrt_rtx") is None:
+        why["tensorrt-rtx"] = "onnxruntime-ep-nv-tensorrt-rtx-cu13 not installed"
+    else:
+        why["tensorrt-rtx"] = "" if gpu else "no NVIDIA GPU (nvidia-smi finds none)"
     try:
         import torch
 
@@ -197,7 +207,7 @@ def run_paths(report: dict[str, Any], why: dict[str, str], sizes: list[int]) -> 
         reference_file = Path(folder) / "fp64.onnx"
         export_model(model, reference_file, dtype="float64", log=lambda _: None)
         reference = Potential.load(reference_file, "cpu").evaluate(fcc_cell(864, "Cu"))
-        for backend in ("cuda", "tensorrt"):
+        for backend in ("cuda", "tensorrt", "tensorrt-rtx"):
             if why[backend]:
                 continue
             for precision in PRECISIONS:

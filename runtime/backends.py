@@ -23,9 +23,12 @@ import onnxruntime as ort
 
 from .metadata import ModelMetadata, TensorSpec, read_metadata
 
-BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "openvino")
+BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "tensorrt-rtx", "openvino")
 _CPU, _CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 _TENSORRT = "TensorrtExecutionProvider"
+_TENSORRT_RTX = "NvTensorRTRTXExecutionProvider"
+TENSORRT_RTX_CAPABILITIES = ("7.5", "8.6", "8.9", "12.0")
+"""Compute capabilities NVIDIA lists for TensorRT-RTX on Linux (GeForce/RTX GPUs)."""
 DEFAULT_CACHE = Path.home() / ".cache" / "allegro-deploy" / "tensorrt"
 """Where TensorRT engines and timing caches are kept unless the caller names a folder."""
 
@@ -160,8 +163,9 @@ class Profile:
     def max_edges(self) -> int:
         return self.max_atoms * self.max_neighbors
 
-    def provider_options(self, inputs: Sequence[TensorSpec]) -> dict[str, str]:
-        """``trt_profile_{min,opt,max}_shapes`` for the dynamic ``inputs`` of a file."""
+    def provider_options(self, inputs: Sequence[TensorSpec], prefix: str = "trt") -> dict[str, str]:
+        """``{prefix}_profile_{min,opt,max}_shapes`` for the dynamic ``inputs`` of a file
+        (``trt``: TensorRT's execution provider, ``nv``: TensorRT-RTX's)."""
         sizes = {
             "min": {"atoms": 1, "edges": 1},
             "opt": {"atoms": max(1, self.max_atoms // 2), "edges": max(1, self.max_edges // 2)},
@@ -169,7 +173,7 @@ class Profile:
         }
         dynamic = [spec for spec in inputs if any(isinstance(d, str) for d in spec.shape)]
         return {
-            f"trt_profile_{kind}_shapes": ",".join(
+            f"{prefix}_profile_{kind}_shapes": ",".join(
                 f"{spec.name}:" + "x".join(str(size.get(d, d)) for d in spec.shape)
                 for spec in dynamic
             )
@@ -186,8 +190,8 @@ def provider_options(
     profile: Profile | None = None,
 ) -> list[tuple[str, dict[str, str]]]:
     """ONNX Runtime's ``providers=[(name, options)]`` for running ``metadata``'s file on
-    ``backend`` (``cpu``, ``cuda`` or ``tensorrt``), from the file's own precision
-    (``cpu`` needs no metadata).
+    ``backend`` (``cpu``, ``cuda``, ``tensorrt`` or ``tensorrt-rtx``), from the file's own
+    precision (``cpu`` needs no metadata).
 
     cuda: TF32 matrix units only for a ``tf32`` file (``use_tf32``), CPU behind it.
     tensorrt: the TensorRT execution provider, then CUDA and CPU for anything TensorRT
@@ -199,6 +203,10 @@ def provider_options(
         name is registered (``trt_extra_plugin_lib_paths``). TensorRT builds with TF32 by
         default, and the execution provider has no option to clear it: an fp32 file's
         products run in TF32 on GPUs that have it.
+    tensorrt-rtx: TensorRT-RTX's plugin execution provider alone (its options only; it is
+        registered with :func:`open_session`), the profile's sizes and its runtime cache in
+        ``cache_dir``; TensorRT-RTX builds strongly typed networks, so the file's types
+        alone set the precision.
     """
     cpu = (_CPU, {})
     if backend == "cpu":
@@ -211,10 +219,14 @@ def provider_options(
     )
     if backend == "cuda":
         return [cuda, cpu]
+    cache = str(cache_dir if cache_dir is not None else DEFAULT_CACHE)
+    profile = profile or Profile.of(metadata)
+    if backend == "tensorrt-rtx":
+        rtx = {"nv_runtime_cache_path": cache, **profile.provider_options(metadata.inputs, "nv")}
+        return [(_TENSORRT_RTX, rtx)]
     if backend != "tensorrt":
         raise BackendError(f"backend {backend!r} has no ONNX Runtime execution providers")
     real = metadata.precision_mode == "real"
-    cache = str(cache_dir if cache_dir is not None else DEFAULT_CACHE)
     tensorrt = {
         "device_id": str(device_id),
         "trt_fp16_enable": "1" if real and metadata.precision == "fp16" else "0",
@@ -223,7 +235,7 @@ def provider_options(
         "trt_engine_cache_path": cache,
         "trt_timing_cache_enable": "1",
         "trt_timing_cache_path": cache,
-        **(profile or Profile()).provider_options(metadata.inputs),
+        **profile.provider_options(metadata.inputs),
     }
     return [(_TENSORRT, tensorrt), cuda, cpu]
 
@@ -265,6 +277,8 @@ def open_session(
     metadata = read_metadata(path)
     if backend == "tensorrt":
         return _tensorrt_session(path, options, metadata, device_id, cache_dir, profile)
+    if backend == "tensorrt-rtx":
+        return _tensorrt_rtx_session(path, options, metadata, device_id, cache_dir, profile)
     try:
         return _cuda_session(path, options, metadata, device_id)
     except BackendError:
@@ -338,11 +352,7 @@ def _tensorrt_session(
     """A session on ONNX Runtime's TensorRT execution provider, or :class:`BackendError`
     naming what is missing: a float32-only file, onnxruntime-gpu, TensorRT's libraries
     or a GPU."""
-    if metadata.float64:
-        raise BackendError(
-            f"{path} holds float64 tensors, which TensorRT does not have; export a "
-            "float32-only file (allegro-deploy export --no-float64) for backend 'tensorrt'"
-        )
+    _refuse_float64(path, metadata, "tensorrt")
     available = ort.get_available_providers()
     if _TENSORRT not in available:
         raise BackendError(
@@ -366,3 +376,66 @@ def _tensorrt_session(
         "backend='cuda' or 'cpu'",
     )
     return Session(session, "tensorrt", path, profile)
+
+
+def _refuse_float64(path: Path, metadata: ModelMetadata, backend: str) -> None:
+    if metadata.float64:
+        raise BackendError(
+            f"{path} holds float64 tensors, which TensorRT does not have; export a "
+            f"float32-only file (allegro-deploy export --no-float64) for backend '{backend}'"
+        )
+
+
+_registered: set[str] = set()
+"""Plugin execution provider libraries registered with ONNX Runtime in this process."""
+
+
+def _tensorrt_rtx_session(
+    path: Path,
+    options: ort.SessionOptions,
+    metadata: ModelMetadata,
+    device_id: int,
+    cache_dir: str | Path | None,
+    profile: Profile | None,
+) -> Session:
+    """A session on TensorRT-RTX's plugin execution provider (PyPI
+    ``onnxruntime-ep-nv-tensorrt-rtx-cu13``, registered through ONNX Runtime's plugin-EP
+    API), or :class:`BackendError` naming what is missing: a float32-only file, the
+    package, an NVIDIA driver or a supported GPU."""
+    _refuse_float64(path, metadata, "tensorrt-rtx")
+    try:
+        import onnxruntime_ep_nv_tensorrt_rtx as rtx
+    except ImportError:
+        raise BackendError(
+            "backend 'tensorrt-rtx' needs the TensorRT-RTX plugin for ONNX Runtime "
+            "(pip install onnxruntime-ep-nv-tensorrt-rtx-cu13, which ships its own TensorRT-RTX "
+            "libraries), or use backend='tensorrt', 'cuda' or 'cpu'"
+        ) from None
+    name = rtx.get_ep_name()
+    if name not in _registered:
+        try:
+            ort.register_execution_provider_library(name, rtx.get_library_path())
+        except Exception as error:  # ORT's own untyped error, e.g. libcuda.so.1 missing
+            raise BackendError(
+                f"ONNX Runtime could not load the TensorRT-RTX plugin (no NVIDIA driver?): {error}"
+            ) from error
+        _registered.add(name)
+    devices = [device for device in ort.get_ep_devices() if device.ep_name == name]
+    if device_id >= len(devices):
+        raise BackendError(
+            f"TensorRT-RTX found {len(devices)} GPUs it supports, so no GPU {device_id} "
+            "(NVIDIA lists GeForce/RTX compute capabilities "
+            f"{', '.join(TENSORRT_RTX_CAPABILITIES)} on Linux); use backend 'tensorrt' on "
+            "data-centre GPUs such as the H100"
+        )
+    profile = profile or Profile.of(metadata)
+    ((_, rtx_options),) = provider_options(
+        "tensorrt-rtx", metadata, cache_dir=cache_dir, profile=profile
+    )
+    Path(rtx_options["nv_runtime_cache_path"]).mkdir(parents=True, exist_ok=True)
+    options.add_provider_for_devices([devices[device_id]], rtx_options)
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options)
+    except Exception as error:  # ORT raises its own untyped errors when the EP fails
+        raise BackendError(f"TensorRT-RTX could not build {path}: {error}") from error
+    return Session(session, "tensorrt-rtx", path, profile)

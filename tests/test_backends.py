@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -177,7 +178,12 @@ def test_gpu_check_reports_every_gpu_path_skipped_without_a_gpu(tmp_path: Path) 
     )
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert set(report["skipped"]) == {"ONNX Runtime CUDA", "ONNX Runtime TensorRT", "torch CUDA"}
+    assert set(report["skipped"]) == {
+        "ONNX Runtime CUDA",
+        "ONNX Runtime TensorRT",
+        "ONNX Runtime TensorRT-RTX",
+        "torch CUDA",
+    }
     assert "needs onnxruntime-gpu" in report["skipped"]["ONNX Runtime TensorRT"]
     assert report["results"] == {} and "skipped (" in result.stdout
 
@@ -219,3 +225,31 @@ def test_a_compiled_file_keeps_the_metadata_and_its_profile(float32_only: Path, 
     assert meta.float64 is False and meta.species == read_metadata(float32_only).species
     assert Profile.of(meta) == Profile(max_atoms=500, max_neighbors=64)
     assert Profile.of(read_metadata(float32_only)) == Profile()
+
+
+def test_tensorrt_rtx_provider_options_carry_the_profile_and_cache(tmp_path) -> None:
+    providers = provider_options(
+        "tensorrt-rtx",
+        metadata_of("fp16"),
+        cache_dir=tmp_path,
+        profile=Profile(max_atoms=10, max_neighbors=4),
+    )
+    assert providers == [
+        (
+            "NvTensorRTRTXExecutionProvider",
+            {
+                "nv_runtime_cache_path": str(tmp_path),
+                "nv_profile_min_shapes": "edge_vectors:1x3,species:1,edge_index:2x1",
+                "nv_profile_opt_shapes": "edge_vectors:20x3,species:5,edge_index:2x20",
+                "nv_profile_max_shapes": "edge_vectors:40x3,species:10,edge_index:2x40",
+            },
+        )
+    ]
+
+
+def test_tensorrt_rtx_says_what_is_missing(float32_only: Path, tmp_path_factory) -> None:
+    with pytest.raises(BackendError, match="holds float64 tensors.*'tensorrt-rtx'"):
+        open_session(exported(tmp_path_factory, "float64"), "tensorrt-rtx")
+    if importlib.util.find_spec("onnxruntime_ep_nv_tensorrt_rtx") is None:
+        with pytest.raises(BackendError, match="onnxruntime-ep-nv-tensorrt-rtx-cu13"):
+            open_session(float32_only, "tensorrt-rtx")

@@ -20,7 +20,7 @@ from allegro_deploy.models import AllegroModel, ModelConfig
 SPECIES = ("Cu", "O")
 """Model order differs from atomic-number order, so species indexing is exercised."""
 
-_FILES: dict[str, Path] = {}
+_FILES: dict[tuple[str, bool], Path] = {}
 
 
 def small_model(dtype: str = "float64") -> AllegroModel:
@@ -52,13 +52,15 @@ def small_model(dtype: str = "float64") -> AllegroModel:
     return model_in_dtype(AllegroModel(config).eval(), dtype)
 
 
-def exported(tmp_path_factory: pytest.TempPathFactory, dtype: str) -> Path:
-    """The ``structures`` export of :func:`small_model` in ``dtype``, made once per session."""
-    if dtype not in _FILES:
-        path = tmp_path_factory.mktemp("exported") / f"small_{dtype}.onnx"
-        export_model(small_model(), path, dtype=dtype)
-        _FILES[dtype] = path
-    return _FILES[dtype]
+def exported(tmp_path_factory: pytest.TempPathFactory, dtype: str, float64: bool = True) -> Path:
+    """The ``structures`` export of :func:`small_model` in ``dtype`` (float32-only for
+    ``float64=False``), made once per test session."""
+    if (dtype, float64) not in _FILES:
+        name = f"small_{dtype}" + ("" if float64 else "_no_float64")
+        path = tmp_path_factory.mktemp("exported") / f"{name}.onnx"
+        export_model(small_model(), path, dtype=dtype, float64=float64)
+        _FILES[dtype, float64] = path
+    return _FILES[dtype, float64]
 
 
 def copper(repeat: int = 3, rattle: float = 0.0, seed: int = 0) -> ase.Atoms:

@@ -13,11 +13,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from exported_models import copper, exported, small_model
+from exported_models import copper, exported
 
 from allegro_deploy.cli import main
 from allegro_deploy.exporters.compile import carry_metadata
-from allegro_deploy.exporters.onnx_export import export_model
 from allegro_deploy.runtime import Potential
 from allegro_deploy.runtime.backends import (
     DEFAULT_CACHE,
@@ -38,9 +37,7 @@ NO_GPU = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def float32_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("backends") / "small_no_float64.onnx"
-    export_model(small_model(), path, float64=False)
-    return path
+    return exported(tmp_path_factory, "float32", float64=False)
 
 
 def metadata_of(precision: str, mode: str = "real", float64: bool = False) -> ModelMetadata:

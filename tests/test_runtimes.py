@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from exported_models import copper, small_model
+from exported_models import copper, exported, small_model
 from onnx import TensorProto, numpy_helper
 from onnx import helper as oh
 from onnx.reference import ReferenceEvaluator
@@ -211,11 +211,10 @@ def test_openvino_bug_one_weight_used_directly_and_transposed() -> None:
 @pytest.fixture(scope="module")
 def float32_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The small model's float32 structures exports, with and without float64 tensors."""
-    folder = tmp_path_factory.mktemp("float32")
-    files = {"default": folder / "default.onnx", "no-float64": folder / "no_float64.onnx"}
-    export_model(small_model(), files["default"], dtype="float32")
-    export_model(small_model(), files["no-float64"], float64=False)
-    return files
+    return {
+        "default": exported(tmp_path_factory, "float32"),
+        "no-float64": exported(tmp_path_factory, "float32", float64=False),
+    }
 
 
 def test_openvino_and_onnx_runtime_forces_agree_on_864_atoms(float32_files) -> None:

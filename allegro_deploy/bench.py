@@ -6,8 +6,9 @@ it here, in one process, over the same workloads:
 * ``official``: the official ``nequip-allegro`` model in torch eager mode, loaded with
   nequip's own loader from the file a checkpoint was imported from;
 * ``torch``: this package's torch model in eager mode, from a checkpoint;
-* ``ort-cpu`` / ``ort-cuda`` / ``tensorrt``: an exported ``structures`` model through
-  :meth:`allegro_deploy.runtime.Potential.evaluate` on that backend.
+* ``ort-cpu`` / ``openvino`` / ``ort-cuda`` / ``tensorrt``: an exported ``structures`` model
+  through :meth:`allegro_deploy.runtime.Potential.evaluate` on that backend (a float32-only
+  export for ``tensorrt``).
 
 Every timed call starts from ``ase.Atoms`` and includes the input checks, the neighbor
 list (vesin, the same for all backends) and the energy, forces and virial of the model
@@ -354,6 +355,13 @@ def nequip_missing() -> str:
     return "nequip-allegro not installed" if missing else ""
 
 
+def _tensorrt_available() -> bool:
+    """ONNX Runtime here has its TensorRT execution provider (onnxruntime-gpu)."""
+    import onnxruntime as ort
+
+    return "TensorrtExecutionProvider" in ort.get_available_providers()
+
+
 def runtime_backend_missing(path: str | Path, name: str) -> str:
     """Why the ONNX backend ``name`` cannot run ``path`` here ("" when it can)."""
     import onnxruntime as ort
@@ -363,8 +371,8 @@ def runtime_backend_missing(path: str | Path, name: str) -> str:
 
     if name == "ort-cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
         return "onnxruntime-gpu not installed (or no GPU)"
-    if name == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
-        return "tensorrt not installed"
+    if name == "tensorrt" and not _tensorrt_available():
+        return "onnxruntime-gpu with NVIDIA TensorRT not installed"
     try:
         Potential.load(path, _RUNTIME_BACKENDS[name])
     except BackendError as error:
@@ -1024,11 +1032,19 @@ def backend_specs(
         if any(name in only for name in _RUNTIME_BACKENDS):
             log(f"exporting {path} ({model.config.model_dtype}) for the ONNX backends")
             export_model(model, onnx_path, checkpoint_sha256=file_sha256(path), log=log)
+    files = {name: onnx_path for name in _RUNTIME_BACKENDS}
+    if path.suffix != ".onnx" and "tensorrt" in only and _tensorrt_available():
+        # TensorRT has no float64: it runs a float32-only export
+        files["tensorrt"] = Path(workdir) / f"{path.stem}_no_float64.onnx"
+        log(f"exporting {path} float32-only for TensorRT")
+        export_model(
+            model, files["tensorrt"], float64=False, checkpoint_sha256=file_sha256(path), log=log
+        )
     for name in _RUNTIME_BACKENDS:
         if name in only:
-            why = runtime_backend_missing(onnx_path, name)
+            why = runtime_backend_missing(files[name], name)
             if why:
                 unavailable[name] = why
             else:
-                specs.append(BackendSpec(name, str(onnx_path), threads))
+                specs.append(BackendSpec(name, str(files[name]), threads))
     return specs, unavailable

@@ -46,7 +46,7 @@ def test_bench_from_checkpoint_writes_table_json_and_plot(checkpoint: Path, tmp_
     assert result.exit_code == 0, result.output
     assert "fcc Cu" in result.output and "2× 21-atom clusters" in result.output
     assert "not run: official: model did not come from nequip-allegro" in result.output
-    assert "not run: tensorrt: tensorrt not installed" in result.output
+    assert "not run: tensorrt: onnxruntime-gpu with NVIDIA TensorRT not installed" in result.output
 
     report = json.loads((out / "bench.json").read_text())
     assert report["backends"] == ["torch", "ort-cpu", "openvino"]

@@ -888,8 +888,9 @@ def export_checkpoint(
     log: Callable[[str], None] = _log.info,
 ) -> ExportReport:
     """Load an allegro-deploy checkpoint and :func:`export_model` it, recording its SHA-256."""
-    from allegro_deploy.models.checkpoint import file_sha256, load_checkpoint
+    from allegro_deploy.models.checkpoint import file_sha256, load_checkpoint, refuse_overwriting
 
+    refuse_overwriting(path, checkpoint)
     model = load_checkpoint(checkpoint).model
     return export_model(
         model,

@@ -271,6 +271,13 @@ def _checksum(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def refuse_overwriting(output: str | Path, source: str | Path) -> None:
+    """Raise ``ValueError`` when ``output`` is the file ``source``: a command never writes
+    over its own input."""
+    if Path(output).resolve() == Path(source).resolve():
+        raise ValueError(f"{output} is also the input file; choose another output file")
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()

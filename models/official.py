@@ -78,7 +78,7 @@ import yaml
 from ase.data import atomic_numbers as _ATOMIC_NUMBERS
 
 from .allegro import AllegroModel
-from .checkpoint import file_sha256, save_checkpoint
+from .checkpoint import file_sha256, refuse_overwriting, save_checkpoint
 from .config import ConfigError, ModelConfig
 
 SUPPORTED_VERSIONS = {"nequip": "0.19.", "allegro": "0.8."}
@@ -195,6 +195,7 @@ def save(source: str | Path, output: str | Path) -> dict[str, Any]:
 
     Returns the provenance stored in the checkpoint.
     """
+    refuse_overwriting(output, source)
     model, provenance = import_official(source)
     save_checkpoint(output, model, provenance=provenance)
     return provenance

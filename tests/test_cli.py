@@ -107,3 +107,15 @@ def test_bad_input_is_reported_in_one_line_without_traceback(tmp_path: Path) -> 
     assert result.exit_code == 1
     assert "unknown option(s) ['lmax'] in section" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "name"), [("export", "model.safetensors"), ("import", "model.ckpt")]
+)
+def test_a_command_never_writes_over_its_input(tmp_path: Path, command: str, name: str) -> None:
+    source = tmp_path / name
+    source.write_bytes(b"the user's trained model")
+    result = CliRunner().invoke(main, [command, str(source), "-o", str(tmp_path / "." / name)])
+    assert result.exit_code == 1
+    assert "is also the input file; choose another output file" in result.output
+    assert source.read_bytes() == b"the user's trained model"

@@ -73,6 +73,8 @@ def describe_onnx(path: str | Path) -> str:
         model = onnx.load(path, load_external_data=False)
     except DecodeError as error:
         raise ValueError(f"{path} is not an ONNX file ({error})") from error
+    if not model.HasField("graph"):
+        raise ValueError(f"{path} is not an ONNX model: it has no graph")
     meta = read_metadata(model)
     lines = [
         f"ONNX model {path} ({path.stat().st_size / 1e6:.2f} MB, "

@@ -119,3 +119,11 @@ def test_a_command_never_writes_over_its_input(tmp_path: Path, command: str, nam
     assert result.exit_code == 1
     assert "is also the input file; choose another output file" in result.output
     assert source.read_bytes() == b"the user's trained model"
+
+
+def test_info_refuses_an_empty_onnx_file(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    for args in (["info", str(empty)], ["info", "--tensorrt", str(empty)]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and "is not an ONNX model: it has no graph" in result.output

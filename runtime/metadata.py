@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +192,12 @@ class ModelMetadata:
     raw: Mapping[str, str] = field(repr=False, compare=False)
 
     @property
+    def cutoff(self) -> float:
+        """Å, the largest pair cutoff: no edge beyond it contributes, so neighbor lists
+        stop there (r_max itself may be larger)."""
+        return max(c for row in self.pair_cutoffs for c in row)
+
+    @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.inputs)
 
@@ -273,6 +280,15 @@ class ModelMetadata:
             raise MetadataError(
                 f"{source}: energy_shifts has {len(energy_shifts)} entries for {n} species"
             )
+        if not (math.isfinite(r_max) and r_max > 0 and n):
+            raise MetadataError(f"{source}: r_max must be a positive number of Å, got {r_max}")
+        if not all(math.isfinite(c) and 0 < c <= r_max for row in pair_cutoffs for c in row):
+            raise MetadataError(
+                f"{source}: every pair cutoff must be in (0, r_max = {r_max}] Å, got "
+                f"{[list(row) for row in pair_cutoffs]}"
+            )
+        if not all(math.isfinite(e) for e in energy_shifts):
+            raise MetadataError(f"{source}: energy_shifts must be finite, got {energy_shifts}")
         return cls(
             species=species,
             atomic_numbers=atomic_numbers,

@@ -80,7 +80,8 @@ class AllegroMLIAP(MLIAPUnified):
     backend, threads, device_id: see :func:`~allegro_deploy.runtime.backends.open_session`;
         with several MPI ranks per node, give each rank its share of cores in ``threads``.
 
-    ``rcutfac`` is half the model's r_max: LAMMPS' neighbor cutoff for the dummy ML-IAP
+    ``rcutfac`` is half the model's largest pair cutoff (its r_max, unless every pair's
+    cutoff is smaller): LAMMPS' neighbor cutoff for the dummy ML-IAP
     descriptor is twice ``rcutfac``. ``ndescriptors`` and ``nparams`` are 1: LAMMPS sizes
     unused descriptor arrays by them and refuses None.
     """
@@ -107,7 +108,7 @@ class AllegroMLIAP(MLIAPUnified):
             raise ValueError(
                 f"element_types {unknown} are not species of {path} {list(metadata.species)}"
             )
-        super().__init__(None, element_types, 1, 1, 0.5 * metadata.r_max)
+        super().__init__(None, element_types, 1, 1, 0.5 * metadata.cutoff)
         self.model_path = path
         self.backend = backend
         self.threads = threads

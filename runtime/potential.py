@@ -265,7 +265,7 @@ class Potential:
         self.min_distance = min_distance
         cutoffs = np.array(metadata.pair_cutoffs, dtype=np.float64)
         # Edges beyond their pair's cutoff contribute exactly zero: drop them.
-        self._pair_cutoffs = None if (cutoffs >= metadata.r_max).all() else cutoffs
+        self._pair_cutoffs = None if (cutoffs >= metadata.cutoff).all() else cutoffs
 
     @classmethod
     def load(
@@ -364,15 +364,17 @@ class Potential:
                 structure.cell,
                 structure.pbc,
                 min_distance=self.min_distance,
-                cutoff=self.r_max,
+                cutoff=self.metadata.cutoff,
             )
             species = species_indices(structure.atomic_numbers, self.atomic_numbers)
         except ValueError as error:
             if index is None:
                 raise
             raise type(error)(f"structure {index} ({structure.formula()}): {error}") from None
-        if self.min_distance > self.r_max:
-            edges = neighbor_list(structure.positions, structure.cell, structure.pbc, self.r_max)
+        if self.min_distance > self.metadata.cutoff:
+            edges = neighbor_list(
+                structure.positions, structure.cell, structure.pbc, self.metadata.cutoff
+            )
         edge_index = np.stack([edges.centers, edges.neighbors])
         # Shift vectors in float64, from integer shifts and the float64 cell.
         edge_shifts = edges.shifts.astype(np.float64) @ structure.cell

@@ -17,7 +17,7 @@ from allegro_deploy.models import AtomicGraph
 from allegro_deploy.runtime import AllegroCalculator, Potential, Result, Structure
 from allegro_deploy.runtime.backends import BackendError, open_session
 from allegro_deploy.runtime.md import run_md
-from allegro_deploy.runtime.metadata import MetadataError, read_metadata
+from allegro_deploy.runtime.metadata import MetadataError, ModelMetadata, read_metadata
 from allegro_deploy.runtime.validation import StructureError, UnknownSpeciesError
 
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
@@ -299,3 +299,34 @@ def test_cuda_backend_says_what_is_missing_and_auto_falls_back(files: dict[str, 
     assert open_session(files["float64"], "auto", threads=1).backend == "cpu"
     with pytest.raises(BackendError, match="unknown backend 'gpu'"):
         open_session(files["float64"], "gpu")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"r_max": "nan"}, "r_max must be a positive number of Å, got nan"),
+        ({"r_max": "-4"}, "r_max must be a positive number of Å, got -4.0"),
+        ({"r_max": "1e-3"}, r"every pair cutoff must be in \(0, r_max = 0.001\] Å"),
+        ({"pair_cutoffs": "[[4.0, 4.0], [4.0, 0.0]]"}, r"every pair cutoff must be in \(0, r_max"),
+        ({"energy_shifts": "[-3.5, NaN]"}, "energy_shifts must be finite"),
+    ],
+)
+def test_metadata_with_an_absurd_cutoff_or_shift_is_refused_before_any_work(
+    files: dict[str, Path], changes: dict[str, str], message: str
+) -> None:
+    props = dict(read_metadata(files["float64"]).raw) | changes
+    with pytest.raises(MetadataError, match=message):
+        ModelMetadata.from_props(props, "bad.onnx")
+
+
+def test_neighbor_lists_stop_at_the_largest_pair_cutoff(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    """An r_max far beyond every pair cutoff (1e7 Å) builds no huge neighbor list: edges
+    past their pair's cutoff contribute nothing, so the results are the file's own."""
+    wide = rewrite_metadata(files["float64"], tmp_path / "wide.onnx", r_max="1e7")
+    atoms = copper(2, 0.05)
+    expected = Potential.load(files["float64"], "cpu").evaluate(atoms)
+    got = Potential.load(wide, "cpu").evaluate(atoms)
+    assert got.energy == pytest.approx(expected.energy, rel=1e-12)
+    np.testing.assert_allclose(got.forces, expected.forces, rtol=1e-10, atol=1e-12)

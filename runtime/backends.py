@@ -5,7 +5,9 @@ A :class:`Session` is created once per model file and reused for every call; it 
 and returns numpy arrays by tensor name. ``"auto"`` picks ONNX Runtime's CUDA execution
 provider when onnxruntime-gpu and a usable GPU are present, else the CPU one.
 ``"tensorrt"`` runs a float32-only file through ONNX Runtime's TensorRT execution provider
-(onnxruntime-gpu with NVIDIA's TensorRT 10 libraries), CUDA behind it.
+(onnxruntime-gpu with NVIDIA's TensorRT 10 libraries), CUDA behind it; ``"tensorrt-rtx"``
+through TensorRT-RTX's plugin execution provider (GeForce/RTX GPUs). The GPU backends are
+built to ONNX Runtime's documented options and have not yet run on a GPU here.
 ``"openvino"`` runs the file on OpenVINO's CPU device (the optional extra
 ``allegro-deploy[openvino]``), with the ``allegro`` functions inlined at load.
 """
@@ -40,7 +42,7 @@ class BackendError(ValueError):
 class Session:
     """One model file loaded on one backend, for repeated evaluation.
 
-    backend: ``cpu``, ``cuda``, ``tensorrt`` or ``openvino``, the backend actually in use.
+    backend: one of :data:`BACKENDS` but ``auto``, the backend actually in use.
     input_names, output_names: the graph's tensor names in order.
     profile: the sizes a TensorRT engine takes (None: any).
     """

@@ -52,7 +52,7 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "force_relative": ("", "F rel.", "force RMSE / RMS reference force"),
     "stress_mae": ("meV/Å³", "σ MAE", "mean |Δσ| per component (periodic structures)"),
     "stress_max": ("meV/Å³", "σ max", "largest |Δσ| component"),
-    "drift": ("meV/atom/ps", "drift", "|slope| of the NVE total energy"),
+    "drift": ("meV/atom/ps", "drift", "slope of the NVE total energy (thresholds: |slope|)"),
 }
 """Metric -> (unit, table header, meaning). All but ``drift`` compare with the reference
 or the labels."""

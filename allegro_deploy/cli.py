@@ -63,7 +63,7 @@ def main() -> None:
 
 @main.group()
 def data() -> None:
-    """Make and inspect training data."""
+    """Make training data."""
 
 
 @data.command("generate")

@@ -324,9 +324,12 @@ def _format(value: Any) -> str:
 
 
 def _indented(section: Mapping[str, Any], indent: str) -> list[str]:
-    """``key: value`` lines, nested mappings indented below their key."""
+    """``key: value`` lines, nested mappings indented below their key; unset (None)
+    entries are left out."""
     lines = []
     for key, value in section.items():
+        if value is None:
+            continue
         if isinstance(value, Mapping) and value:
             lines.append(f"{indent}{key}:")
             lines.extend(_indented(value, indent + "  "))

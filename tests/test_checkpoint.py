@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import ase.build
 import numpy as np
@@ -164,3 +165,14 @@ def test_truncated_and_corrupted_files_say_so(tmp_path, saved):
     damaged.write_bytes(bytes(flipped))
     with pytest.raises(CheckpointError, match="corrupted"):
         load_checkpoint(damaged)
+
+
+def test_describe_leaves_out_unset_options(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(
+        path,
+        AllegroModel(ModelConfig(species=("Cu",), r_max=4.0)),
+        provenance={"config": {"data": {"train_file": "cu.extxyz", "val_file": None}}},
+    )
+    text = describe(path)
+    assert "train_file: cu.extxyz" in text and "val_file" not in text

@@ -397,16 +397,39 @@ class Potential:
             )
             for g in graphs
         ]
-        pieces = (piece for k, graph in enumerate(graphs) for piece in self._pieces(graph, k))
+        pieces = (
+            piece for k, graph in enumerate(graphs) for piece in self._fitting_pieces(graph, k)
+        )
         for batch in self._batches(pieces):
             self._run(batch, totals)
         return [t.result(g.structure) for t, g in zip(totals, graphs, strict=True)]
 
-    def _pieces(self, graph: _Graph, owner: int) -> Iterator[_Piece]:
-        """``graph`` whole when its edges fit the edge budget, else in pieces of
-        consecutive centers of at most ``edge_budget`` edges each (or one center)."""
+    def _fitting_pieces(self, graph: _Graph, owner: int) -> Iterable[_Piece]:
+        """:meth:`_pieces` under the edge budget; under a TensorRT profile, under halved
+        budgets until every piece's atoms (its centers and the atoms their edges reach)
+        fit the profile's ``max_atoms``."""
+        budget = self.edge_budget
+        if self._max_atoms is None:
+            return self._pieces(graph, owner, budget)
+        while True:
+            pieces = list(self._pieces(graph, owner, budget))
+            largest = max(pieces, key=lambda piece: piece.n_atoms)
+            if largest.n_atoms <= self._max_atoms:
+                return pieces
+            if largest.stop - largest.first == 1:  # one center cannot be split further
+                raise StructureError(
+                    f"structure {owner} ({graph.structure.formula()}): atom {largest.first} "
+                    f"and the {largest.n_atoms - 1} atoms its edges reach are more than the "
+                    f"TensorRT profile's max_atoms {self._max_atoms}; load the model with a "
+                    "larger Profile(max_atoms=...)"
+                )
+            budget //= 2
+
+    def _pieces(self, graph: _Graph, owner: int, budget: int) -> Iterator[_Piece]:
+        """``graph`` whole when its edges fit ``budget`` (> 0), else in pieces of
+        consecutive centers of at most ``budget`` edges each (or one center)."""
         n_atoms = graph.structure.n_atoms
-        if graph.n_edges <= self.edge_budget:
+        if 0 < budget and graph.n_edges <= budget:
             no_ghosts = np.zeros(0, dtype=np.int64)
             yield _Piece(graph, owner, 0, n_atoms, no_ghosts, graph.edge_index, graph.edge_shifts)
             return
@@ -415,7 +438,7 @@ class Potential:
         first_edge = np.searchsorted(centers, np.arange(n_atoms + 1))
         first = 0
         while first < n_atoms:
-            limit = first_edge[first] + self.edge_budget
+            limit = first_edge[first] + budget
             stop = int(np.searchsorted(first_edge, limit, side="right")) - 1
             stop = min(max(stop, first + 1), n_atoms)
             edges = slice(first_edge[first], first_edge[stop])
@@ -436,14 +459,6 @@ class Potential:
         batch: list[_Piece] = []
         edges = atoms = 0
         for piece in pieces:
-            if piece.n_atoms > max_atoms:
-                structure = piece.graph.structure
-                raise StructureError(
-                    f"structure {piece.owner} ({structure.formula()}): one evaluation of it "
-                    f"holds {piece.n_atoms} atoms (centers and the atoms their edges reach), "
-                    f"more than the TensorRT profile's max_atoms {self._max_atoms}; load the "
-                    "model with a larger Profile(max_atoms=...)"
-                )
             if batch and (
                 edges + piece.n_edges > self.edge_budget or atoms + piece.n_atoms > max_atoms
             ):

@@ -149,17 +149,25 @@ def test_threads_below_one_are_refused_on_every_backend(float32_only: Path) -> N
 
 def test_a_profile_caps_the_atoms_and_edges_of_each_evaluation(float32_only: Path) -> None:
     """The runtime evaluates under a TensorRT profile's sizes (here on a CPU session
-    carrying one), with the same results, and names a structure that cannot fit."""
+    carrying one), with the same results: a structure whose pieces would reach more atoms
+    than the profile takes is cut into smaller pieces, and one whose single atom's edges
+    reach too many is refused by name."""
     cpu = open_session(float32_only, "cpu")
-    capped = Session(cpu._session, "cpu", cpu.path, Profile(max_atoms=40, max_neighbors=8))
-    potential = Potential(capped, read_metadata(float32_only))
-    assert potential.edge_budget == 320
+
+    def capped(max_atoms: int) -> Potential:
+        session = Session(cpu._session, "cpu", cpu.path, Profile(max_atoms, max_neighbors=8))
+        return Potential(session, read_metadata(float32_only))
+
+    assert capped(40).edge_budget == 320
     structures = [copper(1, 0.05, seed) for seed in range(5)]  # 4 atoms, 72 edges each
+    structures.append(copper(3, 0.05))  # 108 atoms: pieces of 320 edges reach > 40 atoms
     expected = Potential.load(float32_only, "cpu").evaluate(structures)
-    for got, want in zip(potential.evaluate(structures), expected, strict=True):
+    for got, want in zip(capped(40).evaluate(structures), expected, strict=True):
         np.testing.assert_allclose(got.forces, want.forces, rtol=1e-5, atol=1e-6)
-    with pytest.raises(StructureError, match=r"structure 0 \(Cu108\).*max_atoms 40.*Profile"):
-        potential.evaluate([copper(3, 0.05)])
+        assert got.energy == pytest.approx(want.energy, rel=1e-6)
+    # 18 neighbors: one atom and the atoms its edges reach are 19 > 10
+    with pytest.raises(StructureError, match=r"structure 0 \(Cu108\).*max_atoms 10.*Profile"):
+        capped(10).evaluate([copper(3, 0.05)])
 
 
 def test_gpu_check_reports_every_gpu_path_skipped_without_a_gpu(tmp_path: Path) -> None:

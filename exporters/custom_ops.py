@@ -181,7 +181,8 @@ def center_first(cg_shape: Sequence[int]) -> bool:
     and backward; the center body contracts the environment once per atom, y (U, N, I, K),
     and multiplies each center's padded block of edges by it, (W, I) @ (I, K) per atom
     and channel, so per edge it moves only the (U, I) and (U, K) rows. Measured (ONNX
-    Runtime CPU, 2 threads, 864-atom Cu, 37k edges; docs/performance.md §8): faster at
+    Runtime CPU, 2 threads, 864-atom Cu, 37k edges; docs/design.md, *Center tensor
+    product*): faster at
     I = K = 9, slower at I = K = 4, even at 9 x 9 -> 1: where the per-edge arrays are
     small, the padding and the regathering cost as much as they save.
     """

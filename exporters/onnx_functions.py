@@ -40,7 +40,7 @@ the sums over atoms fast in ONNX Runtime and parseable by TensorRT (which reject
 ``ScatterND`` with a reduction):
 
 * ``allegro::center_sum`` (the sums of edge rows onto their center atoms, see
-  :func:`~allegro_deploy.exporters.onnx_export.trace`) becomes a gather into a padded
+  :func:`~allegro_deploy.exporters.tracing.trace`) becomes a gather into a padded
   (atoms, neighbors, ...) table summed by a product with its 0/1 occupancy: whole rows
   are moved, where ONNX Runtime's ``ScatterElements`` adds one element at a time (~100x
   slower);
@@ -66,9 +66,10 @@ from onnxscript import opset18 as op
 from onnxscript.function_libs.torch_lib.ops.core import aten_index_put
 from onnxscript.values import Op, Opset
 
+from allegro_deploy.runtime.metadata import OP_DOMAIN as DOMAIN
+
 from . import custom_ops  # noqa: F401  (registers torch.ops.allegro.*)
 
-DOMAIN = "allegro"
 DOMAIN_VERSION = 1
 OPSET_VERSION = 18
 """Version of the standard ONNX opset of the exported graphs and the function bodies."""
@@ -490,7 +491,8 @@ def env_first(cg_shape: Sequence[int]) -> bool:
     Same CG work either way; per channel and edge, TensorProduct writes the outer
     products x1 ⊗ x2 (I*J) and x2 ⊗ grad (J*K) and runs 3 GEMMs, the env-first form
     writes y, x1 ⊙ y and y ⊙ grad (3 * I*K) and runs 2, its backward reusing the forward's
-    y. Measured (ONNX Runtime CPU, 37k edges; docs/performance.md §2.8): env-first is
+    y. Measured (ONNX Runtime CPU, 37k edges; docs/design.md, *Contraction order per
+    layer*): env-first is
     as fast at I = J = K = 4, 4–6 % faster for the whole graph at I = J = K = 9, and
     removes the I*J outer product of the last layer (K = 1); for K > J (middle layers of
     3+ layer models with both parities, e.g. 9 x 9 -> 17) its intermediates grow past

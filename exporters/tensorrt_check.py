@@ -18,7 +18,6 @@ import onnx
 
 from .tensorrt_ops import SUPPORT, ParserSupport
 
-CUSTOM_DOMAIN = "allegro"
 _DATA_INPUTS = {"Where": (1, 2), "ScatterElements": (0, 2), "ScatterND": (0, 2)}
 """Inputs whose type is the op's data type (default: the first); the others are
 indices, shapes or conditions."""

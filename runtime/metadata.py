@@ -5,7 +5,11 @@ An exported file (see :mod:`allegro_deploy.exporters.onnx_export`) carries its m
 description in the ONNX ``metadata_props``: ``format`` (``allegro-deploy-onnx``),
 ``format_version``, ``species``, ``atomic_numbers``, ``r_max``, ``pair_cutoffs``,
 ``energy_shifts``, ``dtype``, ``precision`` and ``precision_mode``, ``float64``,
-``target``, ``inputs`` and ``outputs`` (JSON lists of tensor specs), and provenance keys.
+``target``, ``inputs`` and ``outputs`` (JSON lists of tensor specs), and provenance keys
+the runtime does not read (``model_config``, ``exporter``, ``exporter_version``,
+``torch_version``, ``checkpoint_sha256``: of the source checkpoint, empty when exported
+from memory). :meth:`ModelMetadata.to_props` writes them, :meth:`ModelMetadata.from_props`
+reads and checks them.
 Files written before ``precision`` existed run at the full precision of their dtype;
 files written before ``float64`` existed (format version 1) hold float64 tensors.
 :func:`tensor_specs` is the one definition of each target's tensors, for the exporter
@@ -20,7 +24,7 @@ import io
 import json
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, BinaryIO
@@ -43,6 +47,8 @@ precision names."""
 FULL_PRECISIONS = {"float64": "fp64", "float32": "fp32"}
 """Model dtype -> its full precision (the others are reduced precisions of float32)."""
 PRECISION_MODES = ("real", "emulated")
+OP_DOMAIN = "allegro"
+"""ONNX domain of the custom tensor-product nodes; their function bodies travel in the file."""
 
 # ONNX ModelProto field numbers (onnx.proto): metadata_props is a repeated
 # StringStringEntryProto {key = 1, value = 2}.
@@ -189,7 +195,7 @@ class ModelMetadata:
     format_version: int
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    raw: Mapping[str, str] = field(repr=False, compare=False)
+    raw: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def cutoff(self) -> float:
@@ -204,6 +210,28 @@ class ModelMetadata:
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.outputs)
+
+    def to_props(self, **provenance: str) -> dict[str, str]:
+        """``metadata_props`` (key -> string) of a file with this metadata, the inverse of
+        :meth:`from_props`; ``provenance`` adds keys the runtime does not read (exporter,
+        versions, checkpoint hash, model configuration)."""
+        return {
+            "format": FORMAT,
+            "format_version": str(self.format_version),
+            "species": json.dumps(list(self.species)),
+            "atomic_numbers": json.dumps(list(self.atomic_numbers)),
+            "r_max": repr(float(self.r_max)),
+            "pair_cutoffs": json.dumps([list(row) for row in self.pair_cutoffs]),
+            "energy_shifts": json.dumps(list(self.energy_shifts)),
+            "dtype": self.dtype,
+            "float64": json.dumps(self.float64),
+            "precision": self.precision,
+            "precision_mode": self.precision_mode,
+            "target": self.target,
+            "inputs": json.dumps([asdict(s) for s in self.inputs], ensure_ascii=False),
+            "outputs": json.dumps([asdict(s) for s in self.outputs], ensure_ascii=False),
+            **provenance,
+        }
 
     @classmethod
     def from_props(cls, props: Mapping[str, str], source: str = "model") -> ModelMetadata:

@@ -11,11 +11,13 @@ from pathlib import Path
 import ase
 import ase.build
 import numpy as np
+import onnx
 import pytest
 import torch
 
 from allegro_deploy.exporters.onnx_export import export_model, model_in_dtype
 from allegro_deploy.models import AllegroModel, ModelConfig
+from allegro_deploy.runtime.metadata import ModelMetadata
 
 SPECIES = ("Cu", "O")
 """Model order differs from atomic-number order, so species indexing is exercised."""
@@ -68,3 +70,8 @@ def copper(repeat: int = 3, rattle: float = 0.0, seed: int = 0) -> ase.Atoms:
     atoms = ase.build.bulk("Cu", "fcc", a=3.6, cubic=True).repeat(repeat)
     atoms.positions += np.random.default_rng(seed).normal(0.0, rattle, atoms.positions.shape)
     return atoms
+
+
+def file_metadata(proto: onnx.ModelProto) -> ModelMetadata:
+    """The checked metadata of a loaded ONNX model."""
+    return ModelMetadata.from_props({prop.key: prop.value for prop in proto.metadata_props})

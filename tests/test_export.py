@@ -15,10 +15,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 from e3nn import o3
+from exported_models import file_metadata
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from allegro_deploy.cli import main
-from allegro_deploy.exporters import onnx_export
+from allegro_deploy.exporters import onnx_export, tracing
 from allegro_deploy.exporters.custom_ops import (
     center_first,
     center_tensor_product_backward_op,
@@ -27,15 +28,8 @@ from allegro_deploy.exporters.custom_ops import (
     tensor_product_backward_op,
     tensor_product_op,
 )
-from allegro_deploy.exporters.inspect import describe_onnx, read_metadata
-from allegro_deploy.exporters.onnx_export import (
-    ExportError,
-    export_model,
-    model_in_dtype,
-    ort_session,
-    pairs_inputs,
-    structures_inputs,
-)
+from allegro_deploy.exporters.inspect import describe_onnx
+from allegro_deploy.exporters.onnx_export import ExportError, export_model, model_in_dtype
 from allegro_deploy.exporters.onnx_functions import (
     DOMAIN,
     OPSET_VERSION,
@@ -43,10 +37,13 @@ from allegro_deploy.exporters.onnx_functions import (
     function_protos,
     translation_table,
 )
+from allegro_deploy.exporters.targets import pairs_inputs, structures_inputs
+from allegro_deploy.exporters.verify import ort_session
 from allegro_deploy.models import AllegroModel, AtomicGraph, ModelConfig
 from allegro_deploy.models.checkpoint import save_checkpoint
 from allegro_deploy.models.precision import matmul_precision
 from allegro_deploy.models.tensor_product import ChannelwiseTensorProduct
+from allegro_deploy.runtime.metadata import ModelMetadata
 
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
 
@@ -228,9 +225,9 @@ def test_file_passes_full_check_and_keeps_custom_nodes(exported, key) -> None:
     assert reductions("ScatterND") <= {b"none"}
     assert {b"min", b"none"} <= reductions("ScatterElements") <= {b"add", b"min", b"none"}
     assert "ReduceMax" in [n.op_type for n in proto.graph.node]
-    meta = read_metadata(proto)
-    assert (meta["dtype"], meta["target"]) == key
-    names = [s["name"] for s in meta["inputs"]], [s["name"] for s in meta["outputs"]]
+    meta = file_metadata(proto)
+    assert (meta.dtype, meta.target) == key
+    names = list(meta.input_names), list(meta.output_names)
     graph_names = [i.name for i in proto.graph.input], [o.name for o in proto.graph.output]
     assert names == graph_names
 
@@ -240,7 +237,7 @@ def test_silu_backward_is_the_derivative_without_overflow(dtype) -> None:
     x = torch.linspace(-120.0, 120.0, 2001, dtype=dtype, requires_grad=True)
     grad = torch.linspace(-1.0, 1.0, 2001, dtype=dtype)
     (expected,) = torch.autograd.grad(torch.nn.functional.silu(x), x, grad)
-    actual = onnx_export._stable_silu_backward(grad, x.detach())
+    actual = tracing._stable_silu_backward(grad, x.detach())
     assert torch.isfinite(actual).all()
     torch.testing.assert_close(actual, expected)
 
@@ -269,7 +266,7 @@ def test_no_sum_over_the_leading_axis(exported, key) -> None:
 )
 def test_leading_axis_sum_is_a_product_with_ones(shape, keepdim) -> None:
     x = torch.randn(shape, dtype=torch.float64)
-    total = onnx_export._sum_leading_axis_by_product(x, [0], keepdim)
+    total = tracing._sum_leading_axis_by_product(x, [0], keepdim)
     torch.testing.assert_close(total, x.sum(0, keepdim=keepdim), rtol=1e-14, atol=1e-14)
 
 
@@ -283,7 +280,7 @@ def test_leading_axis_sum_is_a_product_with_ones(shape, keepdim) -> None:
     ],
 )
 def test_other_sums_keep_the_stock_decomposition(x, dim) -> None:
-    assert onnx_export._sum_leading_axis_by_product(x, dim) is NotImplemented
+    assert tracing._sum_leading_axis_by_product(x, dim) is NotImplemented
 
 
 def test_float64_file_holds_no_float32_tensor(exported) -> None:
@@ -296,20 +293,19 @@ def test_float64_file_holds_no_float32_tensor(exported) -> None:
 
 
 def test_metadata(exported, model: AllegroModel, checkpoint: Path) -> None:
-    meta = read_metadata(onnx.load(exported["float64", "structures"], load_external_data=False))
-    assert meta["format"] == "allegro-deploy-onnx" and meta["format_version"] == "2"
-    assert meta["species"] == ["Cu", "Au"] and meta["atomic_numbers"] == [29, 79]
-    assert meta["float64"] == "true"
-    assert json.loads(meta["energy_shifts"]) == model.config.per_species(
-        "per_type_energy_shifts", 0.0
-    )
-    assert float(meta["r_max"]) == 4.0
-    assert meta["pair_cutoffs"] == [[4.0, 4.0], [3.5, 4.0]]
-    assert meta["dtype"] == "float64" and meta["target"] == "structures"
-    assert meta["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    assert meta["exporter"] == "allegro-deploy" and meta["exporter_version"]
-    assert meta["model_config"] == json.loads(json.dumps(model.config.to_dict()))
-    units = {s["name"]: (s["dtype"], s["unit"]) for s in meta["inputs"] + meta["outputs"]}
+    meta = file_metadata(onnx.load(exported["float64", "structures"], load_external_data=False))
+    raw = meta.raw
+    assert raw["format"] == "allegro-deploy-onnx" and meta.format_version == 2
+    assert meta.species == ("Cu", "Au") and meta.atomic_numbers == (29, 79)
+    assert raw["float64"] == "true"
+    assert list(meta.energy_shifts) == model.config.per_species("per_type_energy_shifts", 0.0)
+    assert meta.r_max == 4.0
+    assert meta.pair_cutoffs == ((4.0, 4.0), (3.5, 4.0))
+    assert meta.dtype == "float64" and meta.target == "structures"
+    assert raw["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert raw["exporter"] == "allegro-deploy" and raw["exporter_version"]
+    assert json.loads(raw["model_config"]) == json.loads(json.dumps(model.config.to_dict()))
+    units = {s.name: (s.dtype, s.unit) for s in meta.inputs + meta.outputs}
     assert units["positions"] == ("float64", "Å") and units["forces"] == ("float64", "eV/Å")
     assert units["virial"] == ("float64", "eV") and units["n_structures"] == ("int64", "")
     assert list(units) == [
@@ -327,6 +323,20 @@ def test_metadata(exported, model: AllegroModel, checkpoint: Path) -> None:
     ]
 
 
+def test_metadata_props_round_trip(exported) -> None:
+    meta = file_metadata(onnx.load(exported["float32", "pairs"], load_external_data=False))
+    provenance = {k: v for k, v in meta.raw.items() if k not in meta.to_props()}
+    assert set(provenance) == {
+        "model_config",
+        "exporter",
+        "exporter_version",
+        "torch_version",
+        "checkpoint_sha256",
+    }
+    assert meta.to_props(**provenance) == dict(meta.raw)
+    assert ModelMetadata.from_props(meta.to_props()) == meta
+
+
 def test_runtime_reads_the_metadata(exported) -> None:
     runtime_metadata = pytest.importorskip("allegro_deploy.runtime.metadata")
     meta = runtime_metadata.read_metadata(exported["float64", "structures"])
@@ -335,15 +345,15 @@ def test_runtime_reads_the_metadata(exported) -> None:
 
 
 def test_pairs_metadata_names_the_ml_iap_tensors(exported) -> None:
-    meta = read_metadata(onnx.load(exported["float64", "pairs"]))
-    assert [s["name"] for s in meta["inputs"]] == [
+    meta = file_metadata(onnx.load(exported["float64", "pairs"]))
+    assert list(meta.input_names) == [
         "edge_vectors",
         "species",
         "edge_index",
         "n_local",
     ]
-    assert [s["name"] for s in meta["outputs"]] == ["atomic_energies", "pair_forces"]
-    assert meta["inputs"][0]["dtype"] == "float64" and meta["outputs"][1]["unit"] == "eV/Å"
+    assert list(meta.output_names) == ["atomic_energies", "pair_forces"]
+    assert meta.inputs[0].dtype == "float64" and meta.outputs[1].unit == "eV/Å"
 
 
 # --------------------------------------------------------------------------- agreement
@@ -426,7 +436,7 @@ def test_model_variants_export_and_verify(tmp_path: Path, target: str, dtype: st
     path = tmp_path / "variant.onnx"
     report = export_model(AllegroModel(config).eval(), path, target=target, dtype=dtype)
     assert report.max_error <= TOLERANCE[dtype] and path.exists()
-    assert read_metadata(onnx.load(path))["species"] == ["H", "C", "O"]
+    assert file_metadata(onnx.load(path)).species == ("H", "C", "O")
 
 
 # --------------------------------------------------------------------------- ops

@@ -11,16 +11,11 @@ import onnxruntime as ort
 import onnxscript.optimizer
 import pytest
 import torch
-from exported_models import copper, small_model
+from exported_models import copper, file_metadata, small_model
 
-from allegro_deploy.exporters.inspect import read_metadata as onnx_metadata
-from allegro_deploy.exporters.onnx_export import (
-    ExportError,
-    export_model,
-    model_in_dtype,
-    ort_session,
-    structures_inputs,
-)
+from allegro_deploy.exporters.onnx_export import ExportError, export_model, model_in_dtype
+from allegro_deploy.exporters.targets import structures_inputs
+from allegro_deploy.exporters.verify import ort_session
 from allegro_deploy.models import AllegroModel, AtomicGraph
 from allegro_deploy.models.mlp import ScalarMLP
 from allegro_deploy.models.precision import MatmulPolicy, matmul_precision, round_tf32
@@ -213,8 +208,8 @@ def test_real_fp16_file_is_strongly_typed_forward_and_backward(fp16_file: Path) 
     assert all(t == {f16} or t in exact for t in input_types)
     custom = [n for n in proto.graph.node if n.domain == "allegro"]
     assert len(custom) == 4 and all(types.get(name) == f16 for n in custom for name in n.input)
-    meta = onnx_metadata(proto)
-    assert (meta["dtype"], meta["precision"], meta["precision_mode"]) == ("float32", "fp16", "real")
+    meta = file_metadata(proto)
+    assert (meta.dtype, meta.precision, meta.precision_mode) == ("float32", "fp16", "real")
     runtime = read_metadata(fp16_file)
     assert (runtime.precision, runtime.precision_mode) == ("fp16", "real")
 

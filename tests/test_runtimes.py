@@ -18,16 +18,10 @@ from onnx import helper as oh
 from onnx.reference import ReferenceEvaluator
 
 from allegro_deploy.cli import main
-from allegro_deploy.exporters.onnx_export import (
-    REDUCED_TOLERANCES,
-    TOLERANCES,
-    export_model,
-    fold_constants,
-    model_in_dtype,
-    ort_session,
-    verify,
-)
+from allegro_deploy.exporters.onnx_export import export_model, model_in_dtype
 from allegro_deploy.exporters.tensorrt_check import check_tensorrt
+from allegro_deploy.exporters.tracing import fold_constants
+from allegro_deploy.exporters.verify import REDUCED_TOLERANCES, TOLERANCES, ort_session, verify
 from allegro_deploy.models.precision import matmul_precision
 from allegro_deploy.runtime import AllegroCalculator, Potential
 from allegro_deploy.runtime.backends import BackendError, open_session

@@ -24,7 +24,6 @@ memory of one evaluation measured in a fresh process (:func:`peak_memory`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -35,7 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,9 +50,8 @@ from allegro_deploy.runtime.neighbors import neighbor_list
 if TYPE_CHECKING:
     import rich.console
     import rich.table
-    import torch
 
-    from allegro_deploy.models import AllegroModel, AtomicGraph
+    from allegro_deploy.models import AllegroModel
 
 BACKENDS = ("official", "torch", "ort-cpu", "openvino", "ort-cuda", "tensorrt")
 """Backend names, in the order they are run; the first one run is the baseline."""
@@ -81,7 +79,7 @@ WARMUP = 2
 """Untimed calls per (backend, workload) before the timed ones. ONNX Runtime reaches its
 steady state on the third call: the first grows its memory arena and the second allocates
 the memory pattern the first recorded (each ~450k page faults, 1.7 s instead of 1.0 s,
-for the large benchmark model on 864 Cu; docs/performance.md §9)."""
+for the large benchmark model on 864 Cu; docs/design.md, *Two warm-up calls*)."""
 MEMORY_HEADROOM = 0.8
 """Fraction of the available memory a (backend, workload) may be projected to use."""
 RUNTIME_HOST_BYTES_PER_EDGE = 120
@@ -392,87 +390,10 @@ def _torch_evaluate(model: AllegroModel) -> Evaluate:
     return evaluate
 
 
-def official_inputs(graph: AtomicGraph) -> dict[str, Any]:
-    """nequip's ``AtomicDataDict`` of ``graph``: all structures periodic, or none."""
-    import torch
-    from nequip.data import AtomicDataDict as K
-
-    periodic = graph.pbc.all(dim=1)
-    if periodic.any() and not periodic.all():
-        raise BenchError("the official model is run on all-periodic or all-molecular batches")
-    data = {
-        K.POSITIONS_KEY: graph.positions,
-        K.EDGE_INDEX_KEY: graph.edge_index,
-        K.ATOM_TYPE_KEY: graph.species,
-        K.BATCH_KEY: graph.structure_index,
-        K.NUM_NODES_KEY: torch.bincount(graph.structure_index, minlength=graph.n_structures),
-    }
-    if periodic.all():
-        cells = graph.cell[graph.structure_index[graph.edge_index[0]]]
-        shifts = torch.linalg.solve(cells.transpose(1, 2), graph.edge_shifts.unsqueeze(-1))
-        data[K.CELL_KEY] = graph.cell
-        data[K.PBC_KEY] = graph.pbc
-        data[K.EDGE_CELL_SHIFT_KEY] = shifts.squeeze(-1).round()
-    return data
-
-
-_NEQUIP_DYNAMO_FLAGS = ("capture_dynamic_output_shape_ops", "capture_scalar_outputs")
-"""The torch.compile flags nequip's ``set_global_state`` sets."""
-
-
-@contextlib.contextmanager
-def nequip_global_state() -> Iterator[None]:
-    """nequip's global state, which it requires to build models (float64 default dtype,
-    torch.compile flags, seeds, ...); everything it changes in torch, e3nn and the random
-    generators is put back afterwards (its torch.compile flags break ``torch.export``)."""
-    import random
-
-    import e3nn
-    import torch
-    from nequip.utils.global_dtype import _GLOBAL_DTYPE
-    from nequip.utils.global_state import set_global_state
-
-    dtype, e3nn_defaults = torch.get_default_dtype(), e3nn.get_optimization_defaults()
-    dynamo = {flag: getattr(torch._dynamo.config, flag) for flag in _NEQUIP_DYNAMO_FLAGS}
-    sharing = torch.multiprocessing.get_sharing_strategy()
-    seeds = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
-    set_global_state()
-    torch.set_default_dtype(_GLOBAL_DTYPE)  # also when nequip's state was set before
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(dtype)
-        e3nn.set_optimization_defaults(**e3nn_defaults)
-        for flag, value in dynamo.items():
-            setattr(torch._dynamo.config, flag, value)
-        torch.multiprocessing.set_sharing_strategy(sharing)
-        random.setstate(seeds[0])
-        np.random.set_state(seeds[1])
-        torch.random.set_rng_state(seeds[2])
-
-
-def load_official(source: str | Path | dict[str, Any]) -> torch.nn.Module:
-    """An official model in eval mode: read by nequip's loader from a ``.ckpt`` or
-    ``.nequip.zip`` file, or built by nequip from a model config (as in a training YAML;
-    its ``seed`` fixes the weights), under :func:`nequip_global_state`."""
-    import torch
-    from hydra.utils import get_method
-    from nequip.model.saved_models.load_utils import load_saved_model
-
-    with nequip_global_state():
-        if isinstance(source, dict):
-            config = dict(source)
-            official = get_method(config.pop("_target_"))(**config)
-        else:
-            official = load_saved_model(str(source))
-    if isinstance(official, torch.nn.ModuleDict):
-        official = official["sole_model"]
-    return official.eval()
-
-
 def _official_evaluate(spec: BackendSpec) -> Evaluate:
     from allegro_deploy.models import AtomicGraph
     from allegro_deploy.models.checkpoint import load_checkpoint
+    from allegro_deploy.models.official_reference import load_official, official_outputs
 
     c = load_checkpoint(spec.model).config
     if spec.official_config is not None:
@@ -485,7 +406,7 @@ def _official_evaluate(spec: BackendSpec) -> Evaluate:
 
     def evaluate(structures: Sequence[ase.Atoms]) -> np.ndarray:
         graph = AtomicGraph.from_atoms(structures, c.atomic_numbers, c.r_max)
-        return official(official_inputs(graph))["forces"].detach().double().numpy()
+        return official_outputs(official, graph)["forces"].detach().double().numpy()
 
     return evaluate
 

@@ -32,11 +32,12 @@ from export_speed import CONFIG  # benchmarks/, the script's folder, is on sys.p
 from rich.console import Console
 from rich.table import Table
 
-from allegro_deploy.bench import BackendSpec, BenchReport, Case, load_official, run_bench
+from allegro_deploy.bench import BackendSpec, BenchReport, Case, run_bench
 from allegro_deploy.exporters.onnx_export import export_model
 from allegro_deploy.models import AllegroModel, ModelConfig
 from allegro_deploy.models.checkpoint import save_checkpoint
 from allegro_deploy.models.official import model_from_official
+from allegro_deploy.models.official_reference import load_official
 
 TUTORIAL = dataclasses.replace(CONFIG, species=("H", "C", "O", "Cu"))
 """``CONFIG`` with species for molecules too (the cost of a Cu cell does not change)."""

@@ -20,7 +20,6 @@ from allegro_deploy.bench import (
     BackendSpec,
     Case,
     gemm_flops,
-    load_official,
     open_backend,
     peak_memory,
     run_bench,
@@ -29,6 +28,7 @@ from allegro_deploy.cli import main
 from allegro_deploy.models.checkpoint import save_checkpoint
 from allegro_deploy.models.mlp import ScalarMLP
 from allegro_deploy.models.official import model_from_official
+from allegro_deploy.models.official_reference import load_official
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,10 @@ from allegro_deploy.models.official import (  # noqa: E402
     model_from_official,
     save,
 )
+from allegro_deploy.models.official_reference import (  # noqa: E402
+    load_official,
+    official_outputs,
+)
 
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
 OUTPUTS = (
@@ -90,31 +94,12 @@ def structures(symbols: list[str]) -> dict[str, ase.Atoms]:
     return {"periodic": crystal, "cluster": cluster}
 
 
-def official_outputs(official: torch.nn.Module, atoms: ase.Atoms, graph: AtomicGraph) -> dict:
-    """Run an official model on the edges of ``graph`` (one structure)."""
-    from nequip.data import AtomicDataDict as K
-
-    data = {
-        K.POSITIONS_KEY: torch.tensor(atoms.positions),
-        K.EDGE_INDEX_KEY: graph.edge_index,
-        K.ATOM_TYPE_KEY: graph.species,
-        K.NUM_NODES_KEY: torch.tensor([len(atoms)]),
-    }
-    if atoms.pbc.all():
-        cell = atoms.cell.array
-        data[K.CELL_KEY] = torch.tensor(cell).view(1, 3, 3)
-        data[K.PBC_KEY] = torch.tensor([[True, True, True]])
-        shifts = np.linalg.solve(cell.T, graph.edge_shifts.numpy().T).T
-        data[K.EDGE_CELL_SHIFT_KEY] = torch.tensor(shifts)
-    return official(data)
-
-
 def compare(name: str, official: torch.nn.Module, ours: AllegroModel, dtype: str) -> None:
     """Assert that ``ours`` reproduces ``official`` and record the largest deviations."""
     worst: dict[str, float] = {}
     for atoms in structures(list(ours.species)).values():
         graph = AtomicGraph.from_atoms([atoms], ours.config.atomic_numbers, ours.config.r_max)
-        reference = official_outputs(official, atoms, graph)
+        reference = official_outputs(official, graph)
         result = ours(graph)
         for key, official_key in OUTPUTS:
             if key == "stress" and not atoms.pbc.all():
@@ -124,14 +109,6 @@ def compare(name: str, official: torch.nn.Module, ours: AllegroModel, dtype: str
             worst[key] = max(worst.get(key, 0.0), error)
     DEVIATIONS[name, dtype] = worst
     assert max(worst.values()) <= TOLERANCE[dtype], worst
-
-
-def build_official(config: dict[str, Any]) -> torch.nn.Module:
-    """Build an official model from a model config as written in a training YAML."""
-    from hydra.utils import get_method
-
-    config = dict(config)
-    return get_method(config.pop("_target_"))(**config)
 
 
 def base_config(dtype: str = "float64", **overrides: Any) -> dict[str, Any]:
@@ -231,7 +208,7 @@ def official_model_and_config(name: str, dtype: str) -> tuple[torch.nn.Module, d
         config = {**overrides, "model": inner}
     else:
         config = base_config(dtype, **overrides)
-    official = build_official(config)
+    official = load_official(config)
     if isinstance(official, torch.nn.ModuleDict):
         official = official["sole_model"]
     with torch.no_grad():  # move trainable "values" away from their initial state
@@ -271,7 +248,7 @@ def test_type_names_mapped_by_the_data_transform() -> None:
             }
         ]
     }
-    ours = model_from_official(config, build_official(config).state_dict(), data)
+    ours = model_from_official(config, load_official(config).state_dict(), data)
     assert ours.species == ("Cu", "Au")
 
 
@@ -352,7 +329,7 @@ def test_unsupported_official_option_is_refused_by_name(case: str) -> None:
         config.pop("l_max")
     # the official code builds these; SimpleLennardJones does not take the `type_names` the
     # official builder passes, so its config is refused with the weights of a plain model
-    official = build_official(base_config() if case == "simple-lennard-jones" else config)
+    official = load_official(base_config() if case == "simple-lennard-jones" else config)
     with pytest.raises(OfficialImportError, match="unsupported official option") as error:
         model_from_official(config, official.state_dict())
     assert expected in str(error.value)
@@ -390,7 +367,7 @@ def test_other_model_classes_and_modifiers_are_refused(config: dict, expected: s
 )
 def test_weights_without_counterpart_are_refused(rename: tuple[str, str], expected: str) -> None:
     config = base_config()
-    state = build_official(config).state_dict()
+    state = load_official(config).state_dict()
     key = "model.func.scalar_embed_mlp.mlp_module.mlp.0.weight"
     state[key.replace(*rename)] = state.pop(key)
     with pytest.raises(OfficialImportError, match="has no counterpart") as error:
@@ -693,7 +670,7 @@ def test_imported_official_model_exports_and_onnx_runtime_reproduces_it(
     ours = load_checkpoint(checkpoint).model
     for atoms in structures(list(ours.species)).values():
         graph = AtomicGraph.from_atoms([atoms], ours.config.atomic_numbers, ours.config.r_max)
-        reference = official_outputs(official, atoms, graph)
+        reference = official_outputs(official, graph)
         result = potential.evaluate(atoms)
         for value, key in [
             (result.energy, "total_energy"),

@@ -43,10 +43,10 @@ from .validation import StructureError, element_symbol, species_indices, validat
 DEFAULT_EDGE_BUDGET = 100_000
 """Most edges per graph evaluation (a single center with more edges is evaluated alone).
 ONNX Runtime's working memory grows with the edges of one evaluation: 28-30 kB per edge
-for the tutorial-size model in float32 (l_max 1, 64 scalar / 32 tensor features; peak RSS
-with ONNX Runtime's memory arena, docs/performance.md §5), about 2.8 GiB at this budget for
-any structure size: 100k-atom fcc Cu (4.3M edges, 44 pieces) peaked at 2.8 GiB above the
-loaded model, 3.1 GiB in all."""
+for the tutorial-size model in float32 (l_max 1, 64 scalar / 32 tensor features; peak
+RSS with ONNX Runtime's memory arena; docs/design.md, *Evaluation in pieces*), about
+2.8 GiB at this budget for any structure size: 100k-atom fcc Cu (4.3M edges, 44
+pieces) peaked at 2.8 GiB above the loaded model, 3.1 GiB in all."""
 DEFAULT_MIN_DISTANCE = 0.5
 """Å; atoms closer than this are refused (see ``validate_structure``)."""
 

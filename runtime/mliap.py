@@ -25,6 +25,7 @@ this class.
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,7 @@ class AllegroMLIAP(MLIAPUnified):
         self._float64 = metadata.float64
         self._energy_shifts = np.array(metadata.energy_shifts, dtype=np.float64)
         self._session: Session = open_session(path, backend, threads=threads, device_id=device_id)
+        self._warned_ghost_centers = False
 
     def __getstate__(self) -> dict[str, Any]:
         """What a pickle keeps: the file path and the options (no session, no ONNX bytes,
@@ -136,6 +138,12 @@ class AllegroMLIAP(MLIAPUnified):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Reload the metadata and open the session again from the pickled state."""
+        if not Path(state["model_path"]).is_file():
+            raise FileNotFoundError(
+                f"this AllegroMLIAP pickle runs {state['model_path']}, which does not exist "
+                "(moved or deleted after pickling?): put the .onnx back there, or pickle "
+                "AllegroMLIAP(new_path) again"
+            )
         self.__init__(**state)
 
     def compute_forces(self, data: Any) -> None:
@@ -148,7 +156,7 @@ class AllegroMLIAP(MLIAPUnified):
         if n_listed == 0:  # LAMMPS cannot take zero-length arrays
             data.energy = 0.0
             return
-        n_pairs = int(data.npairs)
+        n_pairs, n_local = int(data.npairs), int(data.nlocal)
         vector_dtype = np.float64 if self._float64 else np.float32
         if n_pairs:
             edge_vectors = np.asarray(data.rij, dtype=vector_dtype)
@@ -156,13 +164,27 @@ class AllegroMLIAP(MLIAPUnified):
         else:
             edge_vectors = np.zeros((0, 3), dtype=vector_dtype)
             edge_index = np.zeros((2, 0), dtype=np.int64)
+        # Pairs centred on ghost atoms (``pair_style mliap unified FILE 1``) only change
+        # ghost energies, which are not this rank's: their pair forces are zero.
+        local = edge_index[0] < n_local
+        if not local.all():
+            if not self._warned_ghost_centers:
+                warnings.warn(
+                    f"LAMMPS passes pairs centred on ghost atoms ({int((~local).sum())} of "
+                    f"{n_pairs}): Allegro needs only the local atoms' neighbors, so end the "
+                    "pair_style line with 0 (pair_style mliap unified FILE 0) to save "
+                    "LAMMPS that work; they are left out of the model",
+                    stacklevel=2,
+                )
+                self._warned_ghost_centers = True
+            edge_vectors, edge_index = edge_vectors[local], edge_index[:, local]
         species = self._species_of_element[np.asarray(data.elems)]
         outputs = self._session.run(
             {
                 EDGE_VECTORS: edge_vectors,
                 SPECIES: species,
                 EDGE_INDEX: edge_index,
-                N_LOCAL: np.array(data.nlocal, dtype=np.int64),
+                N_LOCAL: np.array(n_local, dtype=np.int64),
             }
         )
         listed = np.asarray(data.iatoms)[:n_listed]
@@ -174,7 +196,9 @@ class AllegroMLIAP(MLIAPUnified):
         data.eatoms = np.ascontiguousarray(atomic_energies, dtype=np.float64)
         data.energy = float(atomic_energies.sum())
         if n_pairs:
-            data.update_pair_forces(np.ascontiguousarray(outputs[PAIR_FORCES], np.float64))
+            pair_forces = np.zeros((n_pairs, 3), dtype=np.float64)
+            pair_forces[local] = outputs[PAIR_FORCES]
+            data.update_pair_forces(pair_forces)
 
     def compute_descriptors(self, data: Any) -> None:
         """Unused: Allegro has no separate descriptor step."""

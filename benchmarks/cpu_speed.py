@@ -32,7 +32,7 @@ from export_speed import CONFIG  # benchmarks/, the script's folder, is on sys.p
 from rich.console import Console
 from rich.table import Table
 
-from allegro_deploy.bench import BackendSpec, BenchReport, Case, run_bench
+from allegro_deploy.bench import BenchReport, Case, Implementation, run_bench
 from allegro_deploy.exporters.onnx_export import export_model
 from allegro_deploy.models import AllegroModel, ModelConfig
 from allegro_deploy.models.checkpoint import save_checkpoint
@@ -74,8 +74,8 @@ def official_config(config: ModelConfig, seed: int = 0) -> dict[str, Any]:
 
 def same_weights(
     config: ModelConfig, folder: Path, name: str, threads: int
-) -> tuple[list[BackendSpec], AllegroModel]:
-    """Official, torch and ONNX Runtime CPU backends of one set of random weights, and the
+) -> tuple[list[Implementation], AllegroModel]:
+    """Official, torch and ONNX Runtime CPU implementations of one set of random weights, and the
     torch model."""
     official = official_config(config)
     ours = model_from_official(official, load_official(official).state_dict())
@@ -84,9 +84,9 @@ def same_weights(
     print(f"{name}: exporting to ONNX ({config.model_dtype}) ...", flush=True)
     print(export_model(ours, onnx_file, log=lambda _: None).summary(), flush=True)
     specs = [
-        BackendSpec("official", str(checkpoint), threads, official_config=official),
-        BackendSpec("torch", str(checkpoint), threads),
-        BackendSpec("ort-cpu", str(onnx_file), threads),
+        Implementation("official", str(checkpoint), threads, official_config=official),
+        Implementation("torch", str(checkpoint), threads),
+        Implementation("ort-cpu", str(onnx_file), threads),
     ]
     return specs, ours
 
@@ -98,19 +98,16 @@ def summary(reports: dict[str, BenchReport]) -> Table:
         table.add_column(column)
 
     for name in ("tutorial", "large"):
-        ort = next(r for r in reports[name].rows if r.backend == "ort-cpu")
+        ort = next(r for r in reports[name].rows if r.implementation == "ort-cpu")
         fraction = ort.floor_fraction(reports[name].gemm_rate)
         table.add_row(f"{name}: ORT CPU vs official eager, 864 Cu", f"{ort.speedup:.2f}×", "≥ 3×")
         table.add_row(f"{name}: ORT CPU % of FLOP floor", f"{fraction * 100:.0f} %", "≥ 33 %")
         table.add_row(f"{name}: ORT force deviation", f"{ort.force_deviation:.1e}", "≤ 1e-5")
-    one = next(
-        r for r in reports["molecules"].rows if r.backend == "ort-cpu" and r.n_structures == 1
-    )
-    batched = [
-        r for r in reports["molecules"].rows if r.backend == "ort-cpu" and r.n_structures > 1
-    ]
+    molecule_rows = [r for r in reports["molecules"].rows if r.implementation == "ort-cpu"]
+    one = next(r for r in molecule_rows if r.n_structures == 1)
+    batched = [r for r in molecule_rows if r.n_structures > 1]
     together, separate = sorted(batched, key=lambda r: r.calls)
-    # The single call runs between the other backends' calls, with caches cold; the
+    # The single call runs between the other implementations' calls, with caches cold; the
     # molecules of the separate calls run back to back, as an MD code calls.
     table.add_row("one 21-atom molecule, ms per single call", f"{one.median * 1e3:.2f}", "< 2")
     table.add_row(

@@ -3,9 +3,9 @@
 Model: l_max 1, 2 layers, 64 scalar / 32 tensor features, MLPs 1 x 64, readout 1 x 64,
 float32, r_max 5 Å, random weights. Prints the export's phases, file size and op census,
 then times energy + forces of 864-atom rattled fcc Cu (a = 3.6 Å, 6 x 6 x 6 conventional
-cells, ~37k directed edges) on both backends in this one process with ``allegro_deploy.bench``
-(interleaved repeats, medians, % of the FLOP floor). A quick check: the comparison with the
-official model and the larger model is ``cpu_speed.py``.
+cells, ~37k directed edges) in both implementations in this one process with
+``allegro_deploy.bench`` (interleaved repeats, medians, % of the FLOP floor). A quick
+check: the comparison with the official model and the larger model is ``cpu_speed.py``.
 
     python benchmarks/export_speed.py [--repeats 15] [--threads 2] [--out DIR]
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from allegro_deploy.bench import BackendSpec, Case, run_bench
+from allegro_deploy.bench import Case, Implementation, run_bench
 from allegro_deploy.exporters.onnx_export import export_model
 from allegro_deploy.models import AllegroModel, ModelConfig
 from allegro_deploy.models.checkpoint import save_checkpoint
@@ -64,8 +64,8 @@ def main() -> None:
         "nodes by op type: " + ", ".join(f"{op} {n}" for op, n in report.op_counts.items())
     )
     specs = [
-        BackendSpec("torch", str(checkpoint), args.threads),
-        BackendSpec("ort-cpu", str(path), args.threads),
+        Implementation("torch", str(checkpoint), args.threads),
+        Implementation("ort-cpu", str(path), args.threads),
     ]
     copper = Case("fcc", 864, ("Cu",))
     console = Console(width=140)

@@ -34,7 +34,7 @@ from cpu_speed import COPPER, LARGE, TUTORIAL  # benchmarks/, the script's folde
 from rich.console import Console
 from rich.table import Table
 
-from allegro_deploy.bench import BackendSpec, fcc_cell, run_bench
+from allegro_deploy.bench import Implementation, fcc_cell, run_bench
 from allegro_deploy.exporters.onnx_export import export_model
 from allegro_deploy.models import AllegroModel
 from allegro_deploy.runtime import Potential
@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--models", default="tutorial,large")
     parser.add_argument("--sizes", default="864,100000", help="atoms of the accuracy cells")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per backend")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per runtime")
     parser.add_argument(
         "--edge-budget",
         type=int,
@@ -168,8 +168,8 @@ def main() -> None:
             model = AllegroModel(MODELS[name]).eval()
             for kind in ("float32", "float32-only"):
                 specs = [
-                    BackendSpec(backend, str(files[kind]), args.threads)
-                    for backend in ("ort-cpu", "openvino")
+                    Implementation(name, str(files[kind]), args.threads)
+                    for name in ("ort-cpu", "openvino")
                 ]
                 report = run_bench(
                     specs, [COPPER], model, repeats=args.repeats, memory=False,
@@ -182,7 +182,7 @@ def main() -> None:
     for column in ("model and file", "ONNX Runtime ms", "OpenVINO ms", "OpenVINO speed-up"):
         speed.add_column(column)
     for label, report in speeds.items():
-        times = {r["backend"]: r["median_s"] for r in report["rows"]}
+        times = {r["implementation"]: r["median_s"] for r in report["rows"]}
         speed.add_row(
             label,
             f"{times['ort-cpu'] * 1e3:.0f}",

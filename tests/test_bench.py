@@ -15,15 +15,10 @@ from click.testing import CliRunner
 from exported_models import small_model
 from torch.utils.flop_counter import FlopCounterMode
 
-from allegro_deploy import bench
-from allegro_deploy.bench import (
-    BackendSpec,
-    Case,
-    gemm_flops,
-    open_backend,
-    peak_memory,
-    run_bench,
-)
+from allegro_deploy.bench import Case, Implementation, gemm_flops, run_bench
+from allegro_deploy.bench import run as bench_run
+from allegro_deploy.bench.implementations import open_implementation
+from allegro_deploy.bench.memory import peak_memory
 from allegro_deploy.cli import main
 from allegro_deploy.models.checkpoint import save_checkpoint
 from allegro_deploy.models.mlp import ScalarMLP
@@ -49,14 +44,14 @@ def test_bench_from_checkpoint_writes_table_json_and_plot(checkpoint: Path, tmp_
     assert "not run: tensorrt: onnxruntime-gpu with NVIDIA TensorRT not installed" in result.output
 
     report = json.loads((out / "bench.json").read_text())
-    assert report["backends"] == ["torch", "ort-cpu", "openvino"]
+    assert report["implementations"] == ["torch", "ort-cpu", "openvino"]
     assert report["baseline"] == "torch"
     assert set(report["unavailable"]) == {"official", "ort-cuda", "tensorrt"}
     assert report["machine"]["gemm_float32_flop_per_s"] > 0
     rows = report["rows"]
-    assert {(r["backend"], r["case"]) for r in rows} == {
-        (backend, case)
-        for backend in ("torch", "ort-cpu", "openvino")
+    assert {(r["implementation"], r["case"]) for r in rows} == {
+        (name, case)
+        for name in ("torch", "ort-cpu", "openvino")
         for case in ("fcc Cu", "2× 21-atom clusters, 1 call", "2× 21-atom clusters, 2 calls")
     }
     for row in rows:
@@ -72,8 +67,8 @@ def test_floor_uses_the_faster_gemm_rate_of_before_and_after_the_timings(
 ) -> None:
     """A busy moment during one rate measurement must not make the floor look closer."""
     rates = iter([1.0e9, 3.0e9])
-    monkeypatch.setattr(bench, "gemm_rate", lambda threads: next(rates))
-    specs = [BackendSpec("torch", str(checkpoint), 1)]
+    monkeypatch.setattr(bench_run, "gemm_rate", lambda threads: next(rates))
+    specs = [Implementation("torch", str(checkpoint), 1)]
     report = run_bench(specs, [Case("fcc", 4, ("Cu",))], small_model("float32"), repeats=1,
                        memory=False, threads=1)  # fmt: skip
     assert report.gemm_rate == 3.0e9 and next(rates, None) is None
@@ -85,12 +80,12 @@ def test_timing_starts_after_two_untimed_calls(
     """ONNX Runtime's first two calls allocate its memory (arena, then memory pattern)."""
     calls = []
 
-    def counting(spec: BackendSpec) -> Callable:
-        evaluate = open_backend(spec)
+    def counting(spec: Implementation) -> Callable:
+        evaluate = open_implementation(spec)
         return lambda structures: calls.append(spec.name) or evaluate(structures)
 
-    monkeypatch.setattr(bench, "open_backend", counting)
-    specs = [BackendSpec("torch", str(checkpoint), 1)]
+    monkeypatch.setattr(bench_run, "open_implementation", counting)
+    specs = [Implementation("torch", str(checkpoint), 1)]
     report = run_bench(specs, [Case("fcc", 4, ("Cu",))], small_model("float32"), repeats=1,
                        memory=False, threads=1)  # fmt: skip
     assert report.warmup == 2 and calls == ["torch"] * 3
@@ -101,7 +96,7 @@ def test_timing_starts_after_two_untimed_calls(
     [
         (["--sizes", "0,32"], "sizes must be at least 1 atom"),
         (["--element", "Au"], "element Au is not one of the model's species (Cu, O)"),
-        (["--backends", "torch,jax"], "unknown backend(s) ['jax']"),
+        (["--implementations", "torch,jax"], "unknown implementation(s) ['jax']"),
     ],
 )
 def test_bad_input_is_refused_in_one_line(checkpoint: Path, args: list[str], message: str) -> None:
@@ -119,7 +114,7 @@ def test_unknown_file_type_is_refused(tmp_path: Path) -> None:
 
 
 def test_peak_memory_of_one_call_in_a_fresh_process(checkpoint: Path) -> None:
-    spec = BackendSpec("torch", str(checkpoint), threads=1)
+    spec = Implementation("torch", str(checkpoint), threads=1)
     assert 0 < peak_memory(spec, Case("fcc", 108, ("Cu",))) < 2**30
 
 
@@ -153,7 +148,7 @@ def test_gemm_flops_equal_torch_flop_counter(dtype: str) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_official_backend_agrees_with_ours_on_the_same_weights(tmp_path: Path) -> None:
+def test_official_implementation_agrees_with_ours_on_the_same_weights(tmp_path: Path) -> None:
     """The official model (built by nequip from its config) and our conversion of it, on a
     periodic cell and on a batch of molecules, in one and in separate calls."""
     pytest.importorskip("allegro")
@@ -176,8 +171,8 @@ def test_official_backend_agrees_with_ours_on_the_same_weights(tmp_path: Path) -
     ours = model_from_official(config, load_official(config).state_dict())
     save_checkpoint(checkpoint, ours)
     specs = [
-        BackendSpec("official", str(checkpoint), 1, official_config=config),
-        BackendSpec("torch", str(checkpoint), 1),
+        Implementation("official", str(checkpoint), 1, official_config=config),
+        Implementation("torch", str(checkpoint), 1),
     ]
     cases = [
         Case("fcc", 4, ("C",)),
@@ -186,4 +181,4 @@ def test_official_backend_agrees_with_ours_on_the_same_weights(tmp_path: Path) -
     report = run_bench(specs, cases, ours, repeats=1, memory=False, threads=1)
     assert report.baseline == "official"
     for row in report.rows:
-        assert row.force_deviation < 1e-10, (row.backend, row.case)
+        assert row.force_deviation < 1e-10, (row.implementation, row.case)

@@ -1,0 +1,248 @@
+"""The benchmark's run loop: memory first, then interleaved timings."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ase
+import ase.build
+import numpy as np
+
+if TYPE_CHECKING:
+    import rich.console
+    import rich.table
+
+    from allegro_deploy.models import AllegroModel
+
+from .flops import count_edges, gemm_flops, gemm_rate
+from .implementations import (
+    LABELS,
+    RUNTIME_BACKENDS,
+    Evaluate,
+    Implementation,
+    open_implementation,
+    timed_call,
+)
+from .memory import MEMORY_HEADROOM, RUNTIME_HOST_BYTES_PER_EDGE, available_memory, peak_memory
+from .report import BenchReport, Row
+from .workloads import BenchError, Case
+
+WARMUP = 2
+"""Untimed calls per (implementation, workload) before the timed ones. ONNX Runtime reaches its
+steady state on the third call: the first grows its memory arena and the second allocates
+the memory pattern the first recorded (each ~450k page faults, 1.7 s instead of 1.0 s,
+for the large benchmark model on 864 Cu; docs/design.md, *Two warm-up calls*)."""
+
+
+def describe_model(model: AllegroModel, source: str | Path) -> dict[str, Any]:
+    """The model fields a report records."""
+    c = model.config
+    return {
+        "name": Path(source).name,
+        "path": str(source),
+        "species": list(c.species),
+        "r_max": c.r_max,
+        "dtype": c.model_dtype,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "config": c.to_dict(),
+    }
+
+
+def run_bench(
+    specs: Sequence[Implementation],
+    cases: Sequence[Case],
+    model: AllegroModel,
+    *,
+    repeats: int = 5,
+    warmup: int = WARMUP,
+    memory: bool = True,
+    threads: int | None = None,
+    unavailable: dict[str, str] | None = None,
+    source: str | Path = "",
+    console: rich.console.Console | None = None,
+) -> BenchReport:
+    """Time every implementation of ``specs`` on every workload of ``cases``.
+
+    model: the torch model the implementations run (its edges and FLOPs are counted; weights do
+        not matter).
+    repeats, warmup: timed and untimed calls per (implementation, workload); ``warmup`` >= 1,
+        the first call's forces are compared with the baseline's (the first spec).
+    memory: measure the peak memory of each (implementation, workload) in a fresh process first;
+        a workload projected (from the largest bytes per atom, or for the runtime
+        implementations per edge of one graph evaluation, measured so far on that one) to need more
+        than :data:`MEMORY_HEADROOM` of the available memory is skipped on that implementation, as
+        are larger ones after a failure.
+    threads: CPU threads of every implementation and of the GEMM rate measurement.
+    unavailable: implementations that cannot run here, with the reason (only reported).
+    """
+    import torch
+    from rich.console import Console
+    from rich.progress import Progress
+
+    if repeats < 1 or warmup < 1:
+        raise BenchError(f"repeats and warmup must be >= 1, got {repeats} and {warmup}")
+    if not specs:
+        raise BenchError("no implementation can run this model here")
+    console = console or Console(stderr=True)
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        cases = sorted(cases, key=lambda case: (case.kind != "fcc", case.size, case.separate))
+        structures = {case: case.structures() for case in cases}
+        rows = {
+            (spec.name, case): Row(
+                implementation=spec.name,
+                case=case.label,
+                kind=case.kind,
+                n_atoms=sum(len(a) for a in structures[case]),
+                n_structures=len(structures[case]),
+                n_edges=count_edges(structures[case], model.config.r_max),
+                calls=len(structures[case]) if case.separate else 1,
+                flops=0,
+            )
+            for case in cases
+            for spec in specs
+        }
+        for row in rows.values():
+            row.flops = gemm_flops(model, row.n_edges, row.calls)
+        steps = len(rows) * (warmup + repeats + memory)
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("GEMM rate", total=steps + 2)
+            rate = gemm_rate(threads)
+            progress.advance(task)
+            if memory:
+                for spec in specs:
+                    _measure_memory(spec, cases, rows, progress, task)
+            evaluators = {spec.name: open_implementation(spec) for spec in specs}
+            for case in cases:
+                _time_case(specs, evaluators, case, structures[case], rows, warmup, repeats,
+                           progress, task)  # fmt: skip
+            # the faster of before and after the timings: a busy moment lowers one of them
+            rate = max(rate, gemm_rate(threads))
+            progress.advance(task)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return BenchReport(
+        model=describe_model(model, source),
+        implementations=[spec.name for spec in specs],
+        unavailable=dict(unavailable or {}),
+        threads=threads,
+        warmup=warmup,
+        repeats=repeats,
+        gemm_rate=rate,
+        rows=list(rows.values()),
+    )
+
+
+def _measure_memory(
+    spec: Implementation,
+    cases: Sequence[Case],
+    rows: dict[tuple[str, Case], Row],
+    progress: Any,
+    task: Any,
+) -> None:
+    """Peak memory of ``spec`` on ``cases`` (ascending in atoms), guarded by projection.
+
+    The torch implementations evaluate all atoms at once: memory is projected per atom. The
+    runtime implementations evaluate at most ``DEFAULT_EDGE_BUDGET`` edges per graph (a
+    larger structure in pieces of centers): memory is projected per edge of one graph
+    evaluation, plus
+    :data:`RUNTIME_HOST_BYTES_PER_EDGE` for all edges.
+    """
+    from allegro_deploy.runtime.potential import DEFAULT_EDGE_BUDGET
+
+    runtime = spec.name in RUNTIME_BACKENDS
+
+    def host(row: Row) -> int:
+        return RUNTIME_HOST_BYTES_PER_EDGE * row.n_edges if runtime else 0
+
+    def size(row: Row) -> int:
+        """What the memory beyond ``host`` grows with."""
+        return max(min(row.n_edges, DEFAULT_EDGE_BUDGET), 1) if runtime else row.n_atoms
+
+    per_size = 0.0
+    failed = ""
+    for case in sorted(cases, key=lambda c: rows[spec.name, c].n_atoms):
+        row = rows[spec.name, case]
+        progress.update(task, description=f"memory: {spec.label}, {case.label}")
+        projected = per_size * size(row) + host(row)
+        if failed:
+            row.skipped = f"a smaller workload failed ({failed})"
+        elif projected > MEMORY_HEADROOM * available_memory():
+            row.skipped = (
+                f"would need ~{projected / 2**30:.1f} GiB, "
+                f"{available_memory() / 2**30:.1f} GiB available"
+            )
+        else:
+            try:
+                row.peak_memory = peak_memory(spec, case)
+                per_size = max(per_size, (row.peak_memory - host(row)) / size(row))
+            except RuntimeError as error:
+                failed = row.skipped = f"memory measurement failed: {error}"
+        progress.advance(task)
+
+
+def _time_case(
+    specs: Sequence[Implementation],
+    evaluators: dict[str, Evaluate],
+    case: Case,
+    structures: list[ase.Atoms],
+    rows: dict[tuple[str, Case], Row],
+    warmup: int,
+    repeats: int,
+    progress: Any,
+    task: Any,
+) -> None:
+    """Warm up, check against the baseline, then time the implementations in turn, ``repeats``
+    rounds; fills the rows of ``case``."""
+    calls = {
+        spec.name: timed_call(evaluators[spec.name], case, structures)
+        for spec in specs
+        if not rows[spec.name, case].skipped
+    }
+    forces = {}
+    for name, call in calls.items():
+        progress.update(task, description=f"warm-up: {LABELS[name]}, {case.label}")
+        forces[name] = call()
+        for _ in range(warmup - 1):
+            call()
+        progress.advance(task, warmup)
+    reference = forces.get(specs[0].name)
+    if reference is not None:
+        scale = max(float(np.abs(reference).max()), 1e-12)
+        for name, value in forces.items():
+            rows[name, case].force_deviation = float(np.abs(value - reference).max()) / scale
+    for repeat in range(repeats):
+        for name, call in calls.items():
+            progress.update(task, description=f"{LABELS[name]}, {case.label} ({repeat + 1})")
+            start = time.perf_counter()
+            call()
+            rows[name, case].times.append(time.perf_counter() - start)
+            progress.advance(task)
+    base = rows[specs[0].name, case].median
+    for name in calls:
+        if base is not None:
+            rows[name, case].speedup = base / rows[name, case].median
+
+
+def load_model(path: str | Path) -> AllegroModel:
+    """The torch model of a checkpoint (``.safetensors``), or one built from the config in
+    an exported ``.onnx`` file's metadata (random weights: for counting edges and FLOPs)."""
+    from allegro_deploy.models import AllegroModel, ModelConfig
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from allegro_deploy.models.checkpoint import load_checkpoint
+
+        return load_checkpoint(path).model
+    if path.suffix == ".onnx":
+        from allegro_deploy.runtime.metadata import read_metadata
+
+        config = json.loads(read_metadata(path).raw["model_config"])
+        return AllegroModel(ModelConfig.from_dict(config)).eval()
+    raise BenchError(f"{path} is neither a checkpoint (.safetensors) nor an exported model (.onnx)")

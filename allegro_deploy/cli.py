@@ -6,12 +6,14 @@ inside the command functions, so ``allegro-deploy --help`` never loads them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from allegro_deploy import __version__
-from allegro_deploy.runtime.metadata import DTYPES, PRECISIONS, TARGETS  # stdlib only: cheap
+from allegro_deploy.runtime.backends import BACKENDS  # numpy and onnxruntime, no torch
+from allegro_deploy.runtime.metadata import DTYPES, PRECISIONS, TARGETS
 
 
 def _parse_floats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
@@ -35,12 +37,21 @@ def _parse_alloy(
         raise click.BadParameter("expected ELEMENT:FRACTION,... e.g. Cu:0.5,Au:0.5") from error
 
 
-_backend_option = click.option(
-    "--backend",
-    default="auto",
-    show_default=True,
-    help="auto, cpu, cuda, tensorrt, tensorrt-rtx or openvino (allegro_deploy.runtime.backends).",
+_threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), help="CPU threads (default: one per core)."
 )
+
+
+def _runtime_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--backend`` and ``--threads``, the options of every command that runs an export."""
+    command = _threads_option(command)
+    return click.option(
+        "--backend",
+        type=click.Choice(BACKENDS),
+        default="auto",
+        show_default=True,
+        help="Where the model runs (allegro_deploy.runtime.backends).",
+    )(command)
 
 
 class _Commands(click.Group):
@@ -226,8 +237,7 @@ def quickstart(workdir: Path) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Structure i-PI starts from (any ASE-readable file): atomic numbers in i-PI's order.",
 )
-@_backend_option
-@click.option("--threads", type=click.IntRange(min=1), help="Threads (default: one per core).")
+@_runtime_options
 @click.option(
     "--wait",
     type=click.FloatRange(min=0),
@@ -318,8 +328,7 @@ def ipi(
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of velocities and noise."
 )
-@_backend_option
-@click.option("--threads", type=click.IntRange(min=1), help="Threads (default: one per core).")
+@_runtime_options
 def md(
     model: Path,
     structure: Path,
@@ -468,7 +477,7 @@ def compile_engine_command(
 )
 @click.option(
     "--precisions",
-    help="For a checkpoint: comma-separated, of fp64,fp32,tf32,fp16,bf16 (default: all).",
+    help=f"For a checkpoint: comma-separated, of {','.join(PRECISIONS)} (default: all).",
 )
 @click.option(
     "--reference",
@@ -572,7 +581,7 @@ def _parse_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
     type=click.IntRange(min=1),
     help="Untimed calls before the timed ones [default: 2, ONNX Runtime's steady state].",
 )
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: per core).")
+@_threads_option
 @click.option(
     "--memory/--no-memory",
     default=True,

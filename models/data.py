@@ -1,4 +1,5 @@
-"""Labelled structures for training: reading, precomputed graphs, batches and splits.
+"""Labelled structures for training: precomputed graphs, batches and splits (reading the
+files: :mod:`.labels`).
 
 Neighbor lists are the expensive part of building a graph, so every structure's graph is
 built once when the dataset is created; a batch only concatenates precomputed graphs.
@@ -8,84 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import ase
-import ase.io
 import numpy as np
 import torch
 from ase.data import atomic_numbers as ATOMIC_NUMBERS
-from ase.stress import voigt_6_to_full_3x3_stress
 
 from .graph import AtomicGraph
-
-
-class DataError(ValueError):
-    """A data file or structure that cannot be used for training; the message says where."""
-
-
-@dataclass(frozen=True)
-class Labels:
-    """Reference labels of one structure.
-
-    energy: eV, total energy.
-    forces: (n_atoms, 3) eV/Å.
-    stress: (3, 3) eV/Å³ (ASE sign: tensile positive), or None when unlabelled.
-    """
-
-    energy: float
-    forces: np.ndarray
-    stress: np.ndarray | None
-
-
-def structure_labels(atoms: ase.Atoms, where: str) -> Labels:
-    """The energy, forces and (optional) stress attached to ``atoms`` by its calculator.
-
-    ``where`` names the structure in error messages, e.g. ``"data.extxyz, frame 7"``.
-    Raises ``DataError`` when the energy or the forces are missing or malformed.
-    """
-    results = atoms.calc.results if atoms.calc is not None else {}
-    missing = [key for key in ("energy", "forces") if key not in results]
-    if missing:
-        raise DataError(
-            f"{where} ({atoms.get_chemical_formula()}) has no {' and no '.join(missing)} "
-            f"label; training needs a total energy (eV) and forces (eV/Å) for every "
-            f"structure (extxyz: energy=... in the comment line, forces in Properties)"
-        )
-    forces = np.asarray(results["forces"], dtype=np.float64)
-    if forces.shape != (len(atoms), 3):
-        raise DataError(f"{where}: forces have shape {forces.shape}, expected ({len(atoms)}, 3)")
-    stress = results.get("stress")
-    if stress is not None:
-        stress = np.asarray(stress, dtype=np.float64)
-        if stress.shape == (6,):
-            stress = voigt_6_to_full_3x3_stress(stress)
-        if stress.shape != (3, 3):
-            raise DataError(f"{where}: stress has shape {stress.shape}, expected (6,) or (3, 3)")
-    return Labels(float(results["energy"]), forces, stress)
-
-
-def read_structures(path: str | Path, index: str = ":") -> list[ase.Atoms]:
-    """All frames of an ASE-readable file (extxyz, ASE trajectory, ...) with labels.
-
-    index: ASE frame selection, e.g. ``":"`` (all), ``"0:100"``, ``"::10"``.
-    Every frame must carry a total energy and forces; stress is optional. Raises
-    ``FileNotFoundError`` for a missing file and ``DataError`` naming the file and the
-    frame for unreadable files and unlabelled frames.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path.resolve()} does not exist")
-    try:
-        structures = ase.io.read(path, index=index)
-    except Exception as error:  # ASE raises many types for malformed input
-        raise DataError(f"cannot read {path}: {type(error).__name__}: {error}") from error
-    if not structures:
-        raise DataError(f"{path} contains no structures (index {index!r})")
-    selection = "" if index == ":" else f" of the selection index={index!r}"
-    for frame, atoms in enumerate(structures):
-        structure_labels(atoms, f"{path}, frame {frame}{selection}")
-    return structures
+from .labels import DataError, structure_labels
 
 
 @dataclass

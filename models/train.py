@@ -46,7 +46,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .allegro import AllegroModel
 from .checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from .config import ConfigError, ModelConfig
-from .data import LabelledBatch, LabelledDataset, read_structures, split_indices
+from .data import LabelledBatch, LabelledDataset, split_indices
+from .labels import read_structures
 from .stats import DatasetStatistics, compute_statistics
 
 BEST = "best.safetensors"

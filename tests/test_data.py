@@ -12,13 +12,8 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from allegro_deploy.models import AllegroModel, AtomicGraph, ModelConfig
-from allegro_deploy.models.data import (
-    DataError,
-    LabelledDataset,
-    collate,
-    read_structures,
-    split_indices,
-)
+from allegro_deploy.models.data import LabelledDataset, collate, split_indices
+from allegro_deploy.models.labels import DataError, read_structures
 from allegro_deploy.runtime.validation import UnknownSpeciesError
 
 R_MAX = 3.0

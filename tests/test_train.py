@@ -12,8 +12,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from allegro_deploy.models.checkpoint import describe, load_checkpoint
 from allegro_deploy.models.config import ConfigError
-from allegro_deploy.models.data import DataError
 from allegro_deploy.models.datagen import generate_emt_dataset
+from allegro_deploy.models.labels import DataError
 from allegro_deploy.models.train import TrainingError, train, train_from_config
 from allegro_deploy.runtime.validation import UnknownSpeciesError
 

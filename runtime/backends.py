@@ -303,20 +303,23 @@ def _options(threads: int | None, base: ort.SessionOptions | None) -> ort.Sessio
 def _ort_session(
     path: Path,
     options: ort.SessionOptions,
-    providers: list[tuple[str, dict[str, str]]],
+    providers: list[tuple[str, dict[str, str]]] | None,
     failed: str = "",
     fell_back: str = "",
 ) -> ort.InferenceSession:
-    """An ONNX Runtime session of ``path`` on ``providers``. For a GPU provider, a
-    :class:`BackendError` saying ``failed`` (with ONNX Runtime's error) when the session
-    cannot be created, or ``fell_back`` when ONNX Runtime dropped the first provider."""
-    if not failed:
-        return ort.InferenceSession(str(path), options, providers=providers)
+    """The one place an ONNX Runtime session is created: ``path`` on ``providers`` (None:
+    the plugin execution providers already added to ``options`` for their devices). For a
+    GPU provider, a :class:`BackendError` saying ``failed`` (with ONNX Runtime's error)
+    when the session cannot be created, or ``fell_back`` when ONNX Runtime dropped the
+    first provider."""
+    arguments = {} if providers is None else {"providers": providers}
     try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
+        session = ort.InferenceSession(str(path), options, **arguments)
     except Exception as error:  # ORT raises its own untyped errors when a GPU provider fails
+        if not failed:
+            raise
         raise BackendError(f"{failed}: {error}") from error
-    if session.get_providers()[0] != providers[0][0]:
+    if providers and fell_back and session.get_providers()[0] != providers[0][0]:
         raise BackendError(fell_back)
     return session
 
@@ -436,8 +439,5 @@ def _tensorrt_rtx_session(
     )
     Path(rtx_options["nv_runtime_cache_path"]).mkdir(parents=True, exist_ok=True)
     options.add_provider_for_devices([devices[device_id]], rtx_options)
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options)
-    except Exception as error:  # ORT raises its own untyped errors when the EP fails
-        raise BackendError(f"TensorRT-RTX could not build {path}: {error}") from error
+    session = _ort_session(path, options, None, failed=f"TensorRT-RTX could not build {path}")
     return Session(session, "tensorrt-rtx", path, profile)

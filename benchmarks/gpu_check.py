@@ -39,8 +39,10 @@ import numpy as np
 
 from allegro_deploy.bench import fcc_cell, molecules
 from allegro_deploy.runtime.backends import BackendError
+from allegro_deploy.runtime.metadata import PRECISIONS as FILE_PRECISIONS
 
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+PRECISIONS = tuple(name for name, dtype in FILE_PRECISIONS.items() if dtype == "float32")
+"""The float32 precisions, each checked on the GPU."""
 PATHS = {
     "cuda": "ONNX Runtime CUDA",
     "tensorrt": "ONNX Runtime TensorRT",

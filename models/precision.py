@@ -9,7 +9,7 @@ Precisions (:data:`PRECISIONS`): ``fp64`` (float64 body, the reference), ``fp32`
 exponent, float32 products, as GPU tensor cores do), ``fp16`` and ``bf16`` (inputs and
 products stored in float16 / bfloat16, float32 accumulation).
 
-Two modes (:data:`MODES`) for the same arithmetic:
+Two modes (:data:`PRECISION_MODES`) for the same arithmetic:
 
 * ``real``: the product runs in the reduced type, ``mm(a.to(f16), b.to(f16)).to(f32)``.
   An exported graph is then strongly typed (explicit Casts), as TensorRT 11 wants. TF32 is
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from allegro_deploy.runtime.metadata import FULL_PRECISIONS
+from allegro_deploy.runtime.metadata import FULL_PRECISIONS, PRECISION_MODES
 from allegro_deploy.runtime.metadata import PRECISIONS as FILE_PRECISIONS
 
 
@@ -73,7 +73,6 @@ PRECISIONS: dict[str, Precision] = {
     name: Precision(name, dtype, *_PRODUCTS[name]) for name, dtype in FILE_PRECISIONS.items()
 }
 """Every precision by name (names and dtypes from the file contract), most precise first."""
-MODES = ("real", "emulated")
 
 
 def get_precision(name: str) -> Precision:
@@ -137,8 +136,10 @@ class MatmulPolicy:
     """
 
     def __init__(self, precision: str, mode: str = "real") -> None:
-        if mode not in MODES:
-            raise ValueError(f"unknown precision mode {mode!r}; choose one of {', '.join(MODES)}")
+        if mode not in PRECISION_MODES:
+            raise ValueError(
+                f"unknown precision mode {mode!r}; choose one of {', '.join(PRECISION_MODES)}"
+            )
         self.precision = get_precision(precision)
         self.mode = mode
         reduced = self.precision.reduced_dtype

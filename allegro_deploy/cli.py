@@ -142,13 +142,18 @@ def data_generate(
 @click.option(
     "--resume",
     type=click.Path(exists=True, path_type=Path),
-    help="Checkpoint to continue training from.",
+    help="The last.safetensors of the run in the configured output directory, to continue it.",
 )
-def train(config: Path, resume: Path | None) -> None:
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the checkpoints and metrics of an earlier run in the output directory.",
+)
+def train(config: Path, resume: Path | None, overwrite: bool) -> None:
     """Train a model as described by the YAML file CONFIG."""
     from allegro_deploy.models.train import train_from_config
 
-    train_from_config(config, resume=resume)
+    train_from_config(config, resume=resume, overwrite=overwrite)
 
 
 @main.command()
@@ -262,13 +267,12 @@ def ipi(
     reconnect: float,
 ) -> None:
     """Serve the exported MODEL (a structures export) to an i-PI server until it sends EXIT."""
-    import ase.io
-
+    from allegro_deploy.models.labels import read_structure
     from allegro_deploy.runtime.ipi import Address, IPIClient, IPIProtocolError
     from allegro_deploy.runtime.potential import Potential
 
     where = Address.parse(address)
-    atoms = ase.io.read(structure_file, index=0)
+    atoms = read_structure(structure_file, 0)
     potential = Potential.load(model, backend, threads=threads)
     client = IPIClient(potential, atoms.numbers, atoms.pbc)
     click.echo(f"serving {potential} to i-PI at {where}", err=True)
@@ -345,12 +349,15 @@ def md(
 ) -> None:
     """Run ASE molecular dynamics of STRUCTURE (any ASE-readable file, its last frame)
     with the exported MODEL (a structures export), and report the speed."""
-    import ase.io
-
+    from allegro_deploy.models.labels import read_structure
     from allegro_deploy.runtime.calculator import AllegroCalculator
     from allegro_deploy.runtime.md import run_md
 
-    atoms = ase.io.read(structure)
+    if trajectory is not None and trajectory.resolve() in (structure.resolve(), model.resolve()):
+        raise click.ClickException(
+            f"--trajectory {trajectory} is an input of this run; name another file"
+        )
+    atoms = read_structure(structure)
     calculator = AllegroCalculator(model, backend, threads=threads)
     click.echo(f"{len(atoms)} atoms, {calculator.potential}", err=True)
     report = run_md(

@@ -24,7 +24,7 @@ import safetensors.torch
 import torch
 
 from .allegro import AllegroModel
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 
 FORMAT = "allegro-deploy-checkpoint"
 FORMAT_VERSION = 1
@@ -32,6 +32,8 @@ METADATA_KEY = "allegro_deploy"
 MODEL_PREFIX = "model."
 STATE_PREFIX = "training_state."
 _MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+_HEADER_KEYS = ("config", "statistics", "metrics", "provenance", "package_versions")
+"""Header entries every checkpoint has (besides format, version and checksum)."""
 
 
 class CheckpointError(ValueError):
@@ -128,14 +130,26 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
         raise CheckpointError(f"{path} is corrupted: {error}") from error
     if _checksum(tensors) != header.get("tensor_sha256"):
         raise CheckpointError(f"{path} is corrupted: its tensors do not match their checksum")
-    config = ModelConfig.from_dict(header["config"])
+    missing = [key for key in _HEADER_KEYS if key not in header]
+    if missing:
+        raise CheckpointError(f"{path} is corrupted: its header lacks {missing}")
+    try:
+        config = ModelConfig.from_dict(header["config"])
+    except (ConfigError, TypeError) as error:
+        raise CheckpointError(f"{path} holds an invalid model configuration: {error}") from None
     model = AllegroModel(config)
     weights = {
         name[len(MODEL_PREFIX) :]: value
         for name, value in tensors.items()
         if name.startswith(MODEL_PREFIX)
     }
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:  # torch's missing, unexpected or mis-shaped weights
+        first = str(error).strip().splitlines()[-1].strip()
+        raise CheckpointError(
+            f"{path} is corrupted: its weights do not fit its model configuration ({first})"
+        ) from None
     model.to(map_location).eval()
     training_state = header.get("training_state")
     if training_state is not None:

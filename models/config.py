@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,77 @@ PairCutoffs = dict[str, float | dict[str, float]]
 
 class ConfigError(ValueError):
     """A model or training configuration that cannot be built."""
+
+
+_AT_LEAST = {
+    "l_max": 0,
+    "num_layers": 1,
+    "num_scalar_features": 1,
+    "num_tensor_features": 1,
+    "num_bessels": 1,
+    "polynomial_cutoff_p": 1,
+    "radial_chemical_embed_dim": 2,
+    "scalar_embed_mlp_hidden_layers_depth": 0,
+    "scalar_embed_mlp_hidden_layers_width": 1,
+    "allegro_mlp_hidden_layers_depth": 0,
+    "allegro_mlp_hidden_layers_width": 1,
+    "readout_mlp_hidden_layers_depth": 0,
+    "readout_mlp_hidden_layers_width": 1,
+}
+"""Smallest value of each integer option."""
+_FLAGS = ("parity", "bessel_trainable", "tp_path_channel_coupling", "zbl")
+_PER_SPECIES = ("avg_num_neighbors", "per_type_energy_scales", "per_type_energy_shifts")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_options(values: Mapping[str, Any]) -> None:
+    """Check the type, sign and finiteness of each model option in ``values`` (any
+    subset), before anything is built with it; :class:`ConfigError` names the option."""
+    for name, value in values.items():
+        if name == "species":
+            if isinstance(value, str) or not isinstance(value, Sequence):
+                raise ConfigError(
+                    f"species must be a list of chemical symbols, e.g. [Cu, O], got {value!r}"
+                )
+            unknown = [s for s in value if s not in _ATOMIC_NUMBERS]
+            if unknown:
+                raise ConfigError(f"species {unknown} are not chemical symbols")
+            if len(set(value)) != len(value):
+                raise ConfigError(f"species {list(value)} contain duplicates")
+        elif name == "model_dtype":
+            if value not in DTYPES:
+                raise ConfigError(f"model_dtype must be one of {DTYPES}, got {value!r}")
+        elif name.endswith("_mlp_nonlinearity"):
+            if value not in NONLINEARITIES:
+                raise ConfigError(f"{name} {value!r} is not one of {NONLINEARITIES}")
+        elif name == "r_max":
+            if not (_is_number(value) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"r_max must be a positive number of Å, got {value!r}")
+        elif name in _AT_LEAST:
+            if value is None and name == "radial_chemical_embed_dim":
+                continue
+            integer = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            if not integer or value < _AT_LEAST[name]:
+                raise ConfigError(f"{name} must be an integer >= {_AT_LEAST[name]}, got {value!r}")
+            if name == "radial_chemical_embed_dim" and value % 2:
+                raise ConfigError(f"radial_chemical_embed_dim must be even, got {value}")
+        elif name in _FLAGS:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false, got {value!r}")
+        elif name in _PER_SPECIES and value is not None:
+            entries = value.values() if isinstance(value, Mapping) else [value]
+            if not all(_is_number(v) and math.isfinite(v) for v in entries):
+                raise ConfigError(f"{name} must be a number or a number per species, got {value!r}")
+            if name != "per_type_energy_shifts" and not all(v > 0 for v in entries):
+                raise ConfigError(f"{name} must be positive, got {value!r}")
+        elif name == "per_edge_type_cutoff" and value is not None:
+            if not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"per_edge_type_cutoff must map species to cutoffs, got {value!r}"
+                )
 
 
 @dataclass(frozen=True)
@@ -61,29 +134,13 @@ class ModelConfig:
     model_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        check_options({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         object.__setattr__(self, "species", tuple(self.species))
-        unknown = [s for s in self.species if s not in _ATOMIC_NUMBERS]
-        if unknown:
-            raise ConfigError(f"species {unknown} are not chemical symbols")
-        if len(set(self.species)) != len(self.species):
-            raise ConfigError(f"species {list(self.species)} contain duplicates")
-        if self.model_dtype not in DTYPES:
-            raise ConfigError(f"model_dtype must be one of {DTYPES}, got {self.model_dtype!r}")
-        if not (self.r_max > 0 and math.isfinite(self.r_max)):
-            raise ConfigError(f"r_max must be a positive length in Å, got {self.r_max}")
-        if self.l_max < 0 or self.num_layers < 1:
-            raise ConfigError("l_max must be >= 0 and num_layers >= 1")
-        p = self.polynomial_cutoff_p
-        if isinstance(p, bool) or not isinstance(p, int) or p < 1:
-            raise ConfigError(f"polynomial_cutoff_p must be an integer >= 1, got {p!r}")
         if self.embed_dim % 2:
-            raise ConfigError(f"radial_chemical_embed_dim must be even, got {self.embed_dim}")
-        for name in ("scalar_embed", "allegro", "readout"):
-            nonlinearity = getattr(self, f"{name}_mlp_nonlinearity")
-            if nonlinearity not in NONLINEARITIES:
-                raise ConfigError(
-                    f"{name}_mlp_nonlinearity {nonlinearity!r} is not one of {NONLINEARITIES}"
-                )
+            raise ConfigError(
+                f"radial_chemical_embed_dim (default num_scalar_features) must be even, "
+                f"got {self.embed_dim}"
+            )
         for name in ("avg_num_neighbors", "per_type_energy_scales", "per_type_energy_shifts"):
             value = getattr(self, name)
             if isinstance(value, dict) and set(value) != set(self.species):
@@ -123,7 +180,7 @@ class ModelConfig:
             for neighbor, cutoff in items:
                 if neighbor not in self.species:
                     raise ConfigError(f"per_edge_type_cutoff names unknown species {neighbor!r}")
-                if not 0 < float(cutoff) <= self.r_max:
+                if not (_is_number(cutoff) and 0 < cutoff <= self.r_max):
                     raise ConfigError(
                         f"per_edge_type_cutoff {center}-{neighbor} = {cutoff} must be in "
                         f"(0, r_max={self.r_max}]"

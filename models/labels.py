@@ -92,3 +92,14 @@ def read_structures(
     for frame, atoms in enumerate(structures):
         structure_labels(atoms, f"{path}, frame {frame}{selection}", required)
     return structures
+
+
+def read_structure(path: str | Path, frame: int = -1) -> ase.Atoms:
+    """Frame ``frame`` (default the last) of an ASE-readable file, labels not needed, e.g.
+    an MD start. Raises ``DataError`` naming the file for an unreadable file, a missing
+    frame or a frame without atoms."""
+    index = f"{frame}:" if frame == -1 else f"{frame}:{frame + 1}"
+    (atoms,) = read_structures(path, index, required=())
+    if not len(atoms):
+        raise DataError(f"{path}: frame {frame} has no atoms")
+    return atoms

@@ -45,7 +45,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .allegro import AllegroModel
 from .checkpoint import file_sha256, load_checkpoint, save_checkpoint
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, ModelConfig, check_options
 from .data import LabelledBatch, LabelledDataset, split_indices
 from .labels import read_structures
 from .stats import DatasetStatistics, compute_statistics
@@ -154,6 +154,10 @@ class TrainConfig:
             )
         if "r_max" not in model:
             raise ConfigError("section 'model' needs r_max (the cutoff radius in Å)")
+        try:
+            check_options(model)  # before any data is read or neighbor list built with them
+        except ConfigError as error:
+            raise ConfigError(f"section 'model': {error}") from None
         return cls(
             data=_options(DataOptions, "data", _section(values, "data")),
             model=model,
@@ -199,18 +203,23 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
     if value is None and type(None) in kinds:
         return None
     kind = next(k for k in kinds if k is not type(None))
-    if kind is float and isinstance(value, int | float | str) and not isinstance(value, bool):
+    if isinstance(value, bool) and kind is not bool:
+        pass  # YAML's true/false are not numbers
+    elif kind is float and isinstance(value, int | float | str):
         with contextlib.suppress(ValueError):
-            return float(value)
-    elif kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
+            if math.isfinite(number := float(value)):
+                return number
     elif isinstance(value, kind):
         return value
-    hint = " (quote it in YAML)" if kind is str else ""
-    raise ConfigError(f"{name} must be a {kind.__name__}{hint}, got {value!r}")
+    expected = {int: "an integer", float: "a finite number", bool: "true or false"}.get(
+        kind, "a string (quote it in YAML)"
+    )
+    raise ConfigError(f"{name} must be {expected}, got {value!r}")
 
 
-def train_from_config(path: str | Path, resume: str | Path | None = None) -> Path:
+def train_from_config(
+    path: str | Path, resume: str | Path | None = None, overwrite: bool = False
+) -> Path:
     """Train from a YAML file; returns the best checkpoint's path. See :func:`train`."""
     path = Path(path)
     try:
@@ -218,20 +227,46 @@ def train_from_config(path: str | Path, resume: str | Path | None = None) -> Pat
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from error
     try:
-        return train(values, resume=resume)
+        return train(values, resume=resume, overwrite=overwrite)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from error
 
 
-def train(config: Mapping[str, Any], resume: str | Path | None = None) -> Path:
+def train(
+    config: Mapping[str, Any], resume: str | Path | None = None, overwrite: bool = False
+) -> Path:
     """Train a model as configured (see the module docstring); returns the best checkpoint.
 
-    resume: a ``last.safetensors`` of an earlier run of the same data and model options;
-        training continues from its epoch, exactly as if it had not stopped.
+    resume: the ``last.safetensors`` of an earlier run in the configured output directory,
+        of the same data and model options; training continues from its epoch, exactly
+        as if it had not stopped.
+    overwrite: replace the checkpoints and metrics of an earlier run in the output
+        directory; without it (and without ``resume``) a directory holding any is refused.
     """
     options = TrainConfig.from_dict(config)
+    check_output_directory(Path(options.output.directory), resume, overwrite)
     run = _Run(options, resume)
     return run.fit()
+
+
+def check_output_directory(directory: Path, resume: str | Path | None, overwrite: bool) -> None:
+    """Refuse, before any work, a run that would replace files it did not write: another
+    run's checkpoints and metrics, or those of a run resumed from elsewhere."""
+    if resume is not None:
+        if Path(resume).resolve().parent != directory.resolve():
+            raise TrainingError(
+                f"--resume {resume} continues the run in {Path(resume).parent}, but the "
+                f"configuration writes to {directory}; set output.directory to "
+                f"{Path(resume).parent} to continue that run"
+            )
+        return
+    existing = [name for name in (BEST, LAST, METRICS_CSV) if (directory / name).exists()]
+    if existing and not overwrite:
+        raise TrainingError(
+            f"{directory} already holds {', '.join(existing)} of a training run; choose "
+            f"another output.directory, continue it with --resume {directory / LAST}, or "
+            "replace it with --overwrite"
+        )
 
 
 @dataclass
@@ -400,11 +435,6 @@ class _Run:
         }
         if resume is not None:
             self._restore(Path(resume), config)
-        elif (self.directory / LAST).exists():
-            raise TrainingError(
-                f"{self.directory} already holds a training run; choose another output "
-                f"directory or continue it with --resume {self.directory / LAST}"
-            )
 
     def _restore(self, path: Path, config: ModelConfig) -> None:
         checkpoint = load_checkpoint(path, map_location=self.device)

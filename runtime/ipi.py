@@ -112,6 +112,9 @@ def connect(address: Address, *, wait: float = 0.0) -> socket.socket:
         sock = socket.socket(address.family, socket.SOCK_STREAM)
         try:
             sock.connect(address.target)
+        except socket.gaierror as error:
+            sock.close()
+            raise ConnectionError(f"cannot resolve the i-PI host of {address}: {error}") from None
         except (FileNotFoundError, ConnectionRefusedError) as error:
             sock.close()
             if time.monotonic() >= deadline:
@@ -218,13 +221,13 @@ class IPIClient:
         h = np.frombuffer(_receive(sock, 72), "<f8").reshape(3, 3)
         _receive(sock, 72)  # inverse cell
         (n_atoms,) = struct.unpack("<i", _receive(sock, 4))
-        positions = np.frombuffer(_receive(sock, 24 * n_atoms), "<f8").reshape(n_atoms, 3)
-        if n_atoms != len(self.atomic_numbers):
+        if n_atoms != len(self.atomic_numbers):  # checked before reading 24 bytes per atom
             raise IPIProtocolError(
                 f"i-PI sent {n_atoms} atoms, but the client was given "
                 f"{len(self.atomic_numbers)} atomic numbers; start the client with the "
                 "structure i-PI was initialized from"
             )
+        positions = np.frombuffer(_receive(sock, 24 * n_atoms), "<f8").reshape(n_atoms, 3)
         structure = Structure(positions * Bohr, self.atomic_numbers, h.T * Bohr, self.pbc)
         result = self.potential.evaluate(structure)
         self.evaluations += 1

@@ -115,6 +115,8 @@ def run_md(
         forces) every ``interval`` steps; energies and temperatures are sampled as often.
     progress: show a progress bar on stderr.
     """
+    if not len(atoms):
+        raise ValueError("the structure has no atoms: there is nothing to simulate")
     if ensemble not in ENSEMBLES:
         raise ValueError(f"unknown ensemble {ensemble!r}; choose one of {', '.join(ENSEMBLES)}")
     if steps < 1 or interval < 1:
@@ -128,7 +130,8 @@ def run_md(
     # Maxwell-Boltzmann momenta: each component ~ N(0, m kB T); then zero total momentum.
     scale = np.sqrt(atoms.get_masses() * units.kB * temperature_K)[:, None]
     atoms.set_momenta(rng.standard_normal((len(atoms), 3)) * scale)
-    Stationary(atoms)
+    # a single atom has only its centre-of-mass motion: it starts at rest
+    Stationary(atoms, preserve_temperature=len(atoms) > 1)
     dynamics: MolecularDynamics
     if ensemble == "nve":
         dynamics = VelocityVerlet(atoms, timestep_fs * units.fs)

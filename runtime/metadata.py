@@ -344,6 +344,8 @@ def read_metadata(path: str | Path) -> ModelMetadata:
     export, or of an unsupported format version, target or dtype.
     """
     path = Path(path)
+    if path.is_dir():
+        raise MetadataError(f"{path} is a directory, not a model file")
     with open(path, "rb") as file:
         try:
             props = _metadata_props(file, path.stat().st_size)

@@ -11,6 +11,7 @@ edges and the atoms those reach; forces and virials add up over the pieces.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import overload
 
 import ase
 import numpy as np
+import numpy.typing as npt
 import onnxruntime as ort
 
 from .backends import Profile, Session, open_session
@@ -38,7 +40,13 @@ from .metadata import (
     tensor_specs,
 )
 from .neighbors import neighbor_list
-from .validation import StructureError, element_symbol, species_indices, validate_structure
+from .validation import (
+    CHEMICAL_SYMBOLS,
+    StructureError,
+    element_symbol,
+    species_indices,
+    validate_structure,
+)
 
 DEFAULT_EDGE_BUDGET = 100_000
 """Most edges per graph evaluation (a single center with more edges is evaluated alone).
@@ -54,6 +62,21 @@ _OUTPUTS = (ATOMIC_ENERGIES, FORCES, VIRIAL)
 """The outputs read from a file with float64 tensors: a structure's energy is the sum of
 the atomic energies of its own atoms (an evaluation's ``energy`` output also counts the
 energy shifts of ghost atoms). A float32-only file's outputs are all read."""
+
+
+def _atomic_numbers(values: npt.ArrayLike) -> np.ndarray:
+    """``values`` as int64 atomic numbers; :class:`StructureError` for numbers that are not
+    whole (29.5 is not copper) or not elements."""
+    array = np.asarray(values)
+    if array.dtype.kind not in "iub":
+        if array.dtype.kind != "f" or not np.array_equal(array, np.round(array)):
+            raise StructureError(f"atomic numbers must be whole numbers, got {array.tolist()}")
+    if array.size and not (array.min() >= 1 and array.max() < len(CHEMICAL_SYMBOLS)):
+        bad = array[(array < 1) | (array >= len(CHEMICAL_SYMBOLS))][0]
+        raise StructureError(
+            f"atomic number {bad} is not an element (1 to {len(CHEMICAL_SYMBOLS) - 1})"
+        )
+    return array.astype(np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,7 +97,7 @@ class Structure:
 
     def __post_init__(self) -> None:
         positions = np.array(self.positions, dtype=np.float64)
-        numbers = np.array(self.atomic_numbers, dtype=np.int64)
+        numbers = _atomic_numbers(self.atomic_numbers)
         cell = np.array(self.cell, dtype=np.float64)
         pbc = np.array(np.broadcast_to(np.asarray(self.pbc, dtype=bool), (3,)))
         if positions.ndim != 2 or positions.shape[1] != 3:
@@ -255,8 +278,13 @@ class Potential:
                 f"{ {s.name: s.dtype for s in inputs if s.name in wrong} }"
             )
         self._energy_shifts = np.array(metadata.energy_shifts, dtype=np.float64)
-        if edge_budget < 1:
-            raise ValueError(f"edge_budget must be >= 1, got {edge_budget}")
+        if isinstance(edge_budget, bool) or not isinstance(edge_budget, int) or edge_budget < 1:
+            raise ValueError(f"edge_budget must be an integer >= 1, got {edge_budget!r}")
+        if not (isinstance(min_distance, int | float) and 0 < min_distance < math.inf):
+            raise ValueError(
+                f"min_distance must be a positive number of Å (atoms closer than it are "
+                f"refused; at 0 coincident atoms would give NaN forces), got {min_distance!r}"
+            )
         self.session = session
         self.metadata = metadata
         profile = session.profile

@@ -76,7 +76,9 @@ def validate_structure(
             f"at {positions[first].tolist()}"
         )
     if not np.isfinite(cell[periodic]).all():
-        raise StructureError(f"cell has non-finite entries along periodic directions:\n{cell}")
+        raise StructureError(
+            f"cell has non-finite entries along periodic directions: {cell.tolist()}"
+        )
 
     _check_periodic_cell(cell, periodic)
     edges = neighbor_list(positions, cell, periodic, max(cutoff, min_distance))
@@ -142,9 +144,10 @@ def species_indices(
     model = np.asarray(model_atomic_numbers, dtype=np.int64).reshape(-1)
     # species index by atomic number, -1 for elements the model lacks (a lookup table:
     # this runs on every call of a small structure)
-    table = np.full(max(model.max(initial=0), atomic_numbers.max(initial=0)) + 1, -1)
+    table = np.full(len(CHEMICAL_SYMBOLS), -1)
     table[model] = np.arange(model.size)
-    species = np.where(atomic_numbers >= 0, table[atomic_numbers.clip(min=0)], -1)
+    known = (atomic_numbers >= 0) & (atomic_numbers < table.size)
+    species = np.where(known, table[np.where(known, atomic_numbers, 0)], -1)
     if (species < 0).any():
         unknown = np.unique(atomic_numbers[species < 0])
         raise UnknownSpeciesError(

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from allegro_deploy import __version__
+from allegro_deploy.models.labels import LABELS  # numpy and ase, no torch
 from allegro_deploy.runtime.backends import BACKENDS  # numpy and onnxruntime, no torch
 from allegro_deploy.runtime.metadata import DTYPES, PRECISIONS, TARGETS
 
@@ -52,6 +53,19 @@ def _runtime_options(command: Callable[..., None]) -> Callable[..., None]:
         show_default=True,
         help="Where the model runs (allegro_deploy.runtime.backends).",
     )(command)
+
+
+def _label_key_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--energy-key``, ``--forces-key``, ``--stress-key``: where a data file keeps its
+    labels (for files that label with other names, e.g. REF_energy)."""
+    for kind in reversed(LABELS):
+        command = click.option(
+            f"--{kind}-key",
+            default=kind,
+            show_default=True,
+            help=f"Name of the {kind} label in the data file, e.g. REF_{kind}.",
+        )(command)
+    return command
 
 
 class _Commands(click.Group):
@@ -514,6 +528,7 @@ def compile_engine_command(
     "energy_mae energy_max (meV/atom), force_mae force_rmse force_max (meV/Å), "
     "force_relative, stress_mae stress_max (meV/Å³), drift (meV/atom/ps).",
 )
+@_label_key_options
 def check(
     model: Path,
     data_file: Path,
@@ -523,6 +538,9 @@ def check(
     md_steps: int,
     out: Path,
     thresholds: tuple[str, ...],
+    energy_key: str,
+    forces_key: str,
+    stress_key: str,
 ) -> None:
     """Errors of MODEL (a checkpoint or an .onnx export) at reduced precisions against a
     float64 reference and the labels of --data; exit status 1 when a threshold is exceeded.
@@ -531,11 +549,13 @@ def check(
     on CPU (every matrix-product input rounded to the format, float32 accumulation).
     """
     from allegro_deploy.check import parse_threshold, run_check
+    from allegro_deploy.models.labels import LabelKeys
 
     report = run_check(
         model,
         data_file,
         out,
+        keys=LabelKeys(energy_key, forces_key, stress_key),
         precisions=None if precisions is None else [p.strip() for p in precisions.split(",")],
         reference=reference,
         max_structures=max_structures,
@@ -547,6 +567,51 @@ def check(
     )
     if report.failures:
         raise click.ClickException("threshold exceeded: " + "; ".join(report.failures))
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("evaluate"),
+    show_default=True,
+    help="Folder for predictions.extxyz, structures.csv, metrics.json/.md and parity.png.",
+)
+@_runtime_options
+@_label_key_options
+@click.option("--index", default=":", show_default=True, help="ASE frame selection, e.g. ::10.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+def evaluate(
+    model: Path,
+    data: Path,
+    out: Path,
+    backend: str,
+    threads: int | None,
+    energy_key: str,
+    forces_key: str,
+    stress_key: str,
+    index: str,
+    batch_size: int,
+) -> None:
+    """Predictions of MODEL (a checkpoint or an .onnx export) on DATA (any ASE-readable
+    file) beside its labels: errors per structure and per species, and parity plots."""
+    from allegro_deploy.evaluate import evaluate as run
+    from allegro_deploy.models.labels import LabelKeys
+
+    evaluation = run(
+        model,
+        data,
+        backend=backend,
+        threads=threads,
+        keys=LabelKeys(energy_key, forces_key, stress_key),
+        index=index,
+        batch_size=batch_size,
+    )
+    paths = evaluation.write(out)
+    click.echo(evaluation.markdown().split("\n\n", 1)[1].strip())
+    click.echo("wrote " + ", ".join(str(path) for path in paths))
 
 
 def _parse_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:

@@ -16,7 +16,7 @@ import torch
 from ase.data import atomic_numbers as ATOMIC_NUMBERS
 
 from .graph import AtomicGraph
-from .labels import DataError, structure_labels
+from .labels import ASE_KEYS, DataError, LabelKeys, structure_labels
 
 
 @dataclass
@@ -106,15 +106,16 @@ class LabelledDataset:
         species: Sequence[str],
         r_max: float,
         source: str,
+        keys: LabelKeys = ASE_KEYS,
     ) -> LabelledDataset:
-        """Build every structure's graph once.
+        """Build every structure's graph once; ``keys`` name the labels.
 
         Raises ``DataError`` for missing labels and the runtime's ``StructureError`` /
         ``UnknownSpeciesError`` (prefixed with ``source``) for structures the model cannot
         take, e.g. an element that is not in ``species``.
         """
         labels = [
-            structure_labels(atoms, f"{source}, frame {frame}")
+            structure_labels(atoms, f"{source}, frame {frame}", keys=keys)
             for frame, atoms in enumerate(structures)
         ]
         try:

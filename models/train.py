@@ -47,7 +47,7 @@ from .allegro import AllegroModel
 from .checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from .config import ConfigError, ModelConfig, check_options
 from .data import LabelledBatch, LabelledDataset, split_indices
-from .labels import read_structures
+from .labels import LabelKeys, read_structures
 from .stats import DatasetStatistics, compute_statistics
 
 BEST = "best.safetensors"
@@ -62,13 +62,22 @@ class TrainingError(ValueError):
 
 @dataclass(frozen=True)
 class DataOptions:
-    """``data`` section. ``index`` (ASE frame selection) applies to both files."""
+    """``data`` section. ``index`` (ASE frame selection) applies to both files;
+    ``energy_key``, ``forces_key``, ``stress_key`` name the labels in files that do not use
+    ASE's own names (e.g. ``REF_energy``)."""
 
     train_file: str
     val_file: str | None = None
     val_fraction: float = 0.1
     split_seed: int = 0
     index: str = ":"
+    energy_key: str = "energy"
+    forces_key: str = "forces"
+    stress_key: str = "stress"
+
+    @property
+    def keys(self) -> LabelKeys:
+        return LabelKeys(self.energy_key, self.forces_key, self.stress_key)
 
 
 @dataclass(frozen=True)
@@ -279,7 +288,7 @@ class _Data:
 def _load_data(options: TrainConfig) -> _Data:
     """Read the files, build graphs once and split; species default to the data's."""
     data = options.data
-    structures = read_structures(data.train_file, data.index)
+    structures = read_structures(data.train_file, data.index, keys=data.keys)
     species = options.model.get("species") or sorted(
         {s for atoms in structures for s in atoms.get_chemical_symbols()},
         key=ATOMIC_NUMBERS.__getitem__,
@@ -288,12 +297,12 @@ def _load_data(options: TrainConfig) -> _Data:
     if unknown:
         raise ConfigError(f"model.species {unknown} are not chemical symbols")
     r_max = float(options.model["r_max"])
-    full = LabelledDataset.from_atoms(structures, species, r_max, data.train_file)
+    full = LabelledDataset.from_atoms(structures, species, r_max, data.train_file, data.keys)
     provenance = {"train_file": str(Path(data.train_file).resolve())}
     provenance["train_file_sha256"] = file_sha256(data.train_file)
     if data.val_file is not None:
-        val_structures = read_structures(data.val_file, data.index)
-        val = LabelledDataset.from_atoms(val_structures, species, r_max, data.val_file)
+        val_structures = read_structures(data.val_file, data.index, keys=data.keys)
+        val = LabelledDataset.from_atoms(val_structures, species, r_max, data.val_file, data.keys)
         train = full
         provenance["val_file"] = str(Path(data.val_file).resolve())
         provenance["val_file_sha256"] = file_sha256(data.val_file)

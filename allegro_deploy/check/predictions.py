@@ -13,7 +13,13 @@ import ase
 import ase.data
 import numpy as np
 
-from allegro_deploy.models.labels import DataError, read_structures, structure_labels
+from allegro_deploy.models.labels import (
+    ASE_KEYS,
+    DataError,
+    LabelKeys,
+    read_structures,
+    structure_labels,
+)
 
 
 class CheckError(ValueError):
@@ -37,12 +43,13 @@ class Predictions:
     n_atoms: np.ndarray
 
 
-def read_data(path: Path, atomic_numbers: Sequence[int], max_structures: int | None) -> list:
-    """The first ``max_structures`` frames of an ASE-readable file, all of whose elements
-    the model knows; labels are optional."""
-    index = ":" if max_structures is None else f":{max_structures}"
+def read_data(
+    path: Path, atomic_numbers: Sequence[int], index: str = ":", keys: LabelKeys = ASE_KEYS
+) -> list:
+    """The frames ``index`` (ASE selection) of an ASE-readable file, all of whose elements
+    the model knows; labels, under ``keys``, are optional."""
     try:
-        structures = read_structures(path, index, required=())
+        structures = read_structures(path, index, required=(), keys=keys)
     except DataError as error:
         raise CheckError(str(error)) from None
     known = set(atomic_numbers)
@@ -58,12 +65,14 @@ def read_data(path: Path, atomic_numbers: Sequence[int], max_structures: int | N
     return structures
 
 
-def labels_of(structures: Sequence[ase.Atoms], source: Path) -> tuple[Predictions, list[str]]:
-    """The energy, forces and stress labels of ``structures`` read from ``source`` (NaN
-    where missing) and the names of the labelled quantities."""
+def labels_of(
+    structures: Sequence[ase.Atoms], source: Path, keys: LabelKeys = ASE_KEYS
+) -> tuple[Predictions, list[str]]:
+    """The energy, forces and stress labels of ``structures`` read from ``source`` under
+    ``keys`` (NaN where missing) and the names of the labelled quantities."""
     energy, forces, stress = [], [], []
     for frame, atoms in enumerate(structures):
-        labels = structure_labels(atoms, f"{source}, frame {frame}", required=())
+        labels = structure_labels(atoms, f"{source}, frame {frame}", required=(), keys=keys)
         energy.append(math.nan if labels.energy is None else labels.energy)
         forces.append(
             np.full((len(atoms), 3), math.nan) if labels.forces is None else labels.forces
@@ -97,11 +106,9 @@ def predictions_of(
 
 
 def torch_predictions(model: Any, structures: Sequence[ase.Atoms]) -> Predictions:
-    """``model`` (an :class:`AllegroModel`) evaluated in float64, in batches."""
-    from allegro_deploy.exporters.onnx_export import model_in_dtype
+    """``model`` (an :class:`AllegroModel`, in its own dtype) evaluated in batches."""
     from allegro_deploy.models.graph import AtomicGraph
 
-    model = model_in_dtype(model, "float64").eval()
     c = model.config
     energy, forces, stress = [], [], []
     for start in range(0, len(structures), _BATCH):

@@ -12,6 +12,7 @@ import ase
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from allegro_deploy.models.labels import ASE_KEYS, LabelKeys
 from allegro_deploy.runtime.metadata import PRECISIONS
 
 from .metrics import PrecisionResult, error_metrics, threshold_failures
@@ -58,6 +59,7 @@ def run_check(
     precisions: Sequence[str] | None = None,
     reference: Path | None = None,
     max_structures: int | None = None,
+    keys: LabelKeys = ASE_KEYS,
     md_steps: int = 100,
     thresholds: Mapping[str, float] | None = None,
     console: Console | None = None,
@@ -68,6 +70,7 @@ def run_check(
         (default all); not for an ``.onnx`` file, which is checked at its own precision.
     reference: for an ``.onnx`` file, a checkpoint or float64 export giving the float64
         reference (default none: errors against the labels only).
+    keys: where ``data`` keeps its labels (default ASE's own names).
     md_steps: NVE steps of 1 fs from the largest structure at 300 K per precision (0: none).
     thresholds: metric -> largest accepted value, in the units of :data:`METRICS`, checked
         against the reference (or, without one, the labels); failures are listed in the
@@ -107,13 +110,16 @@ def run_check(
         else:
             torch_model, variants = export_variants(model, precisions, Path(folder), log)
             atomic_numbers = torch_model.config.atomic_numbers
-        structures = read_data(data, atomic_numbers, max_structures)
-        labels, labelled = labels_of(structures, data)
+        index = ":" if max_structures is None else f":{max_structures}"
+        structures = read_data(data, atomic_numbers, index, keys)
+        labels, labelled = labels_of(structures, data, keys)
 
         expected, reference_name = None, None
         if torch_model is not None:
             log("fp64", "torch reference")
-            expected = torch_predictions(torch_model, structures)
+            from allegro_deploy.exporters.onnx_export import model_in_dtype
+
+            expected = torch_predictions(model_in_dtype(torch_model, "float64"), structures)
             reference_name = f"torch float64 model of {model}"
         elif reference is not None:
             expected, reference_name = _reference(reference, structures), str(reference)
@@ -190,9 +196,10 @@ def _file_atomic_numbers(path: Path) -> tuple[int, ...]:
 def _reference(path: Path, structures: Sequence[ase.Atoms]) -> Predictions:
     """Float64 reference predictions from a checkpoint or a float64 export."""
     if path.suffix != ".onnx":
+        from allegro_deploy.exporters.onnx_export import model_in_dtype
         from allegro_deploy.models.checkpoint import load_checkpoint
 
-        return torch_predictions(load_checkpoint(path).model, structures)
+        return torch_predictions(model_in_dtype(load_checkpoint(path).model, "float64"), structures)
     from allegro_deploy.runtime.metadata import read_metadata
     from allegro_deploy.runtime.potential import Potential
 

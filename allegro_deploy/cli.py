@@ -678,10 +678,7 @@ def bench(
     out: Path | None,
 ) -> None:
     """Time energy + forces of MODEL (checkpoint or .onnx) in every implementation here."""
-    import sys
     import tempfile
-
-    from rich.console import Console
 
     from allegro_deploy.bench import (
         WARMUP,
@@ -690,8 +687,9 @@ def bench(
         load_model,
         run_bench,
     )
+    from allegro_deploy.runtime.progress import output_console
 
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    console = output_console()
     torch_model = load_model(model)
     cases = default_cases(torch_model.species, sizes, molecules, element)
     with tempfile.TemporaryDirectory(prefix="allegro-bench-") as workdir:
@@ -709,7 +707,6 @@ def bench(
             threads=threads,
             unavailable=unavailable,
             source=model,
-            console=console,
         )
     console.print(report.table())
     for name, why in report.unavailable.items():

@@ -37,8 +37,7 @@ from allegro_deploy.check.predictions import (
     torch_predictions,
 )
 from allegro_deploy.models.labels import ASE_KEYS, LabelKeys
-
-from .progress import Progress
+from allegro_deploy.runtime.progress import Progress
 
 OUTPUTS = ("predictions.extxyz", "structures.csv", "metrics.json", "metrics.md", "parity.png")
 """The files :meth:`Evaluation.write` writes."""

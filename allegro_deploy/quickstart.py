@@ -9,6 +9,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from allegro_deploy.runtime.progress import output_console
+
 DATA_FILE = "cu_emt.extxyz"
 TRAIN_DIRECTORY = "train"
 ONNX_FILE = "model.onnx"
@@ -51,7 +53,7 @@ def run(workdir: str | Path = "runs/quickstart") -> Path:
     from allegro_deploy.models.datagen import generate_emt_dataset
     from allegro_deploy.models.train import train
 
-    console = Console()
+    console = output_console()
     workdir = Path(workdir)
     data = workdir / DATA_FILE
     console.print(f"[bold]1/4[/] generating EMT Cu molecular dynamics data in {data}")

@@ -147,7 +147,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="allegro-cpu-speed-") as folder:
         tutorial, tutorial_model = same_weights(TUTORIAL, Path(folder), "tutorial", args.threads)
         large, large_model = same_weights(LARGE, Path(folder), "large", args.threads)
-        common = dict(threads=args.threads, console=console)
+        common = dict(threads=args.threads)
         for name, specs, model, repeats in (
             ("tutorial", tutorial, tutorial_model, args.repeats),
             ("large", large, large_model, args.repeats_large),

@@ -71,7 +71,7 @@ def main() -> None:
     console = Console(width=140)
     bench = run_bench(
         specs, [copper], model, repeats=args.repeats, memory=False, threads=args.threads,
-        source="tutorial", console=console,
+        source="tutorial",
     )  # fmt: skip
     console.print(bench.table())
 

@@ -173,7 +173,7 @@ def main() -> None:
                 ]
                 report = run_bench(
                     specs, [COPPER], model, repeats=args.repeats, memory=False,
-                    threads=args.threads, source=f"{name} {kind}", console=console,
+                    threads=args.threads, source=f"{name} {kind}",
                 )  # fmt: skip
                 console.print(report.table())
                 speeds[f"{name} {kind}"] = report.to_json()

@@ -13,8 +13,8 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import atomic_numbers, reference_states
 from ase.md.langevin import Langevin
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from allegro_deploy.runtime.progress import Progress
 
 # Elements with EMT parameters that crystallise fcc (EMT's H, C, N, O are not bulk metals).
 EMT_ELEMENTS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
@@ -65,18 +65,9 @@ def generate_emt_dataset(
         len(chunk) for chunk in np.array_split(np.arange(n_frames), len(temperatures))
     ]
     frames: list[Atoms] = []
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    with progress:
-        task = progress.add_task("EMT MD", total=n_frames)
+    with Progress("EMT MD", n_frames, "frames") as progress:
         for temperature, count in zip(temperatures, frames_per_temperature, strict=True):
-            progress.update(task, description=f"EMT MD at {temperature:g} K")
+            progress.stage(f"EMT MD at {temperature:g} K", announce=False)
             atoms = reference.copy()
             atoms.calc = EMT()
             # Maxwell-Boltzmann momenta: each component ~ N(0, m kB T).
@@ -94,7 +85,7 @@ def generate_emt_dataset(
                 atoms.set_cell(reference.cell.array @ _random_strain(rng), scale_atoms=True)
                 dynamics.run(interval)
                 frames.append(_labelled_copy(atoms))
-                progress.advance(task)
+                progress.advance()
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

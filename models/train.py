@@ -40,8 +40,8 @@ import torch
 import yaml
 from ase.data import atomic_numbers as ATOMIC_NUMBERS
 from matplotlib.figure import Figure
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from allegro_deploy.runtime.progress import Progress, output_console
 
 from .allegro import AllegroModel
 from .checkpoint import file_sha256, load_checkpoint, save_checkpoint
@@ -414,7 +414,7 @@ class _Run:
         self.options = options
         self.training = options.training
         self.device = _device(self.training.device)
-        self.console = Console(soft_wrap=True)
+        self.console = output_console()
         self.data = _load_data(options)
         self.statistics = compute_statistics(self.data.train)
         config = _model_config(options, self.data.train.species, self.statistics)
@@ -490,25 +490,13 @@ class _Run:
         first_epoch = self.epoch + 1
         budget = None if training.max_time_minutes is None else 60 * training.max_time_minutes
         stop = f"reached {training.epochs} epochs"
-        progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4g}"),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=True,
-        )
-        with progress:
-            task = progress.add_task("train", total=0, epoch=0, loss=math.nan)
+        n_batches = self.data.train.n_batches(training.batch_size)
+        with Progress("training", None, "batches") as progress:
             for epoch in range(first_epoch, training.epochs + 1):
                 self.epoch = epoch
-                n_batches = self.data.train.n_batches(training.batch_size)
-                progress.reset(task, total=n_batches, epoch=epoch, loss=math.nan)
+                progress.stage(f"epoch {epoch} ({n_batches} batches)", announce=False)
                 lr = self.optimizer.param_groups[0]["lr"]
-                train_loss = self._train_epoch(
-                    lambda loss: progress.update(task, advance=1, loss=loss)
-                )
+                train_loss = self._train_epoch(lambda loss: progress.advance())
                 if not math.isfinite(train_loss):
                     raise TrainingError(
                         f"training diverged in epoch {epoch} (loss {train_loss}); "
@@ -528,7 +516,7 @@ class _Run:
                 else:
                     self.epochs_without_improvement += 1
                 self._save(improved)
-                progress.console.print(_summary(row, improved))
+                progress.print(_summary(row, improved))
                 if self.epochs_without_improvement >= training.early_stopping_patience:
                     stop = f"no improvement for {training.early_stopping_patience} epochs"
                     break

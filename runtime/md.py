@@ -18,15 +18,8 @@ from ase.md.langevin import Langevin
 from ase.md.md import MolecularDynamics
 from ase.md.velocitydistribution import Stationary
 from ase.md.verlet import VelocityVerlet
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+
+from .progress import Progress
 
 ENSEMBLES = ("nve", "nvt")
 TRAJECTORY_FORMATS = {".traj": "traj", ".extxyz": "extxyz", ".xyz": "extxyz"}
@@ -113,7 +106,7 @@ def run_md(
         distribution at this temperature (seed ``seed``) with the total momentum removed.
     trajectory: ``.traj``, ``.extxyz`` or ``.xyz`` file getting a frame (with energy and
         forces) every ``interval`` steps; energies and temperatures are sampled as often.
-    progress: show a progress bar on stderr.
+    progress: show progress on stderr (a bar on a terminal, plain lines elsewhere).
     """
     if not len(atoms):
         raise ValueError("the structure has no atoms: there is nothing to simulate")
@@ -158,9 +151,8 @@ def run_md(
             dynamics.attach(write, interval=interval)
         dynamics.attach(sample, interval=interval)
         if progress:
-            bar = stack.enter_context(_progress_bar())
-            task = bar.add_task(f"{ensemble.upper()} MD", total=steps)
-            dynamics.attach(lambda: bar.update(task, completed=dynamics.nsteps), interval=1)
+            bar = stack.enter_context(Progress(f"{ensemble.upper()} MD", steps, "steps"))
+            dynamics.attach(lambda: bar.advance(dynamics.nsteps - bar.done), interval=1)
         start = time.perf_counter()
         dynamics.run(steps)
         seconds = time.perf_counter() - start
@@ -200,15 +192,3 @@ def _writer(path: Path, kind: str | None, atoms: ase.Atoms) -> Iterator[Callable
     else:
         with open(path, "w") as file:
             yield lambda: ase.io.write(file, atoms, format="extxyz")
-
-
-def _progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )

@@ -22,8 +22,8 @@ from allegro_deploy.evaluate import OUTPUTS, EvaluateError, evaluate
 from allegro_deploy.models.checkpoint import save_checkpoint
 from allegro_deploy.models.data import LabelledDataset
 from allegro_deploy.models.labels import DataError, LabelKeys, read_structures
-from allegro_deploy.progress import Progress
 from allegro_deploy.runtime.potential import Potential
+from allegro_deploy.runtime.progress import Progress
 
 REF = LabelKeys("REF_energy", "REF_forces", "REF_stress")
 
@@ -192,8 +192,17 @@ def test_progress_off_a_terminal_prints_plain_lines() -> None:
     stream = io.StringIO()
     with Progress("evaluating", 10, "structures", stream=stream, interval=0.0) as progress:
         progress.advance(4)
+        progress.stage("fp16: evaluating")
         progress.advance(6)
     lines = stream.getvalue().splitlines()
-    assert lines[0].startswith("evaluating: 0/10 structures (0 %)")
-    assert lines[1].startswith("evaluating: 4/10 structures (40 %)")
-    assert lines[-1].startswith("evaluating: 10/10 structures (100 %)")
+    assert lines[0].startswith("evaluating: 4/10 structures (40 %), ")
+    assert lines[1].startswith("fp16: evaluating: 4/10 structures (40 %), ")
+    assert lines[2].startswith("fp16: evaluating: 10/10 structures (100 %), ")
+    assert len(lines) == 3
+
+
+def test_short_work_off_a_terminal_stays_quiet() -> None:
+    stream = io.StringIO()
+    with Progress("evaluating", 10, "structures", stream=stream) as progress:
+        progress.advance(10)
+    assert stream.getvalue() == ""

@@ -13,10 +13,9 @@ import ase.build
 import numpy as np
 
 if TYPE_CHECKING:
-    import rich.console
-    import rich.table
-
     from allegro_deploy.models import AllegroModel
+
+from allegro_deploy.runtime.progress import Progress
 
 from .flops import count_edges, gemm_flops, gemm_rate
 from .implementations import (
@@ -63,7 +62,6 @@ def run_bench(
     threads: int | None = None,
     unavailable: dict[str, str] | None = None,
     source: str | Path = "",
-    console: rich.console.Console | None = None,
 ) -> BenchReport:
     """Time every implementation of ``specs`` on every workload of ``cases``.
 
@@ -80,14 +78,11 @@ def run_bench(
     unavailable: implementations that cannot run here, with the reason (only reported).
     """
     import torch
-    from rich.console import Console
-    from rich.progress import Progress
 
     if repeats < 1 or warmup < 1:
         raise BenchError(f"repeats and warmup must be >= 1, got {repeats} and {warmup}")
     if not specs:
         raise BenchError("no implementation can run this model here")
-    console = console or Console(stderr=True)
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -111,20 +106,19 @@ def run_bench(
         for row in rows.values():
             row.flops = gemm_flops(model, row.n_edges, row.calls)
         steps = len(rows) * (warmup + repeats + memory)
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("GEMM rate", total=steps + 2)
+        with Progress("GEMM rate", steps + 2, "steps") as progress:
             rate = gemm_rate(threads)
-            progress.advance(task)
+            progress.advance()
             if memory:
                 for spec in specs:
-                    _measure_memory(spec, cases, rows, progress, task)
+                    _measure_memory(spec, cases, rows, progress)
             evaluators = {spec.name: open_implementation(spec) for spec in specs}
             for case in cases:
                 _time_case(specs, evaluators, case, structures[case], rows, warmup, repeats,
-                           progress, task)  # fmt: skip
+                           progress)  # fmt: skip
             # the faster of before and after the timings: a busy moment lowers one of them
             rate = max(rate, gemm_rate(threads))
-            progress.advance(task)
+            progress.advance()
     finally:
         torch.set_num_threads(previous_threads)
     return BenchReport(
@@ -143,8 +137,7 @@ def _measure_memory(
     spec: Implementation,
     cases: Sequence[Case],
     rows: dict[tuple[str, Case], Row],
-    progress: Any,
-    task: Any,
+    progress: Progress,
 ) -> None:
     """Peak memory of ``spec`` on ``cases`` (ascending in atoms), guarded by projection.
 
@@ -169,7 +162,7 @@ def _measure_memory(
     failed = ""
     for case in sorted(cases, key=lambda c: rows[spec.name, c].n_atoms):
         row = rows[spec.name, case]
-        progress.update(task, description=f"memory: {spec.label}, {case.label}")
+        progress.stage(f"memory: {spec.label}, {case.label}", announce=False)
         projected = per_size * size(row) + host(row)
         if failed:
             row.skipped = f"a smaller workload failed ({failed})"
@@ -184,7 +177,7 @@ def _measure_memory(
                 per_size = max(per_size, (row.peak_memory - host(row)) / size(row))
             except RuntimeError as error:
                 failed = row.skipped = f"memory measurement failed: {error}"
-        progress.advance(task)
+        progress.advance()
 
 
 def _time_case(
@@ -195,8 +188,7 @@ def _time_case(
     rows: dict[tuple[str, Case], Row],
     warmup: int,
     repeats: int,
-    progress: Any,
-    task: Any,
+    progress: Progress,
 ) -> None:
     """Warm up, check against the baseline, then time the implementations in turn, ``repeats``
     rounds; fills the rows of ``case``."""
@@ -207,11 +199,11 @@ def _time_case(
     }
     forces = {}
     for name, call in calls.items():
-        progress.update(task, description=f"warm-up: {LABELS[name]}, {case.label}")
+        progress.stage(f"warm-up: {LABELS[name]}, {case.label}", announce=False)
         forces[name] = call()
         for _ in range(warmup - 1):
             call()
-        progress.advance(task, warmup)
+        progress.advance(warmup)
     reference = forces.get(specs[0].name)
     if reference is not None:
         scale = max(float(np.abs(reference).max()), 1e-12)
@@ -219,11 +211,11 @@ def _time_case(
             rows[name, case].force_deviation = float(np.abs(value - reference).max()) / scale
     for repeat in range(repeats):
         for name, call in calls.items():
-            progress.update(task, description=f"{LABELS[name]}, {case.label} ({repeat + 1})")
+            progress.stage(f"{LABELS[name]}, {case.label} ({repeat + 1})", announce=False)
             start = time.perf_counter()
             call()
             rows[name, case].times.append(time.perf_counter() - start)
-            progress.advance(task)
+            progress.advance()
     base = rows[specs[0].name, case].median
     for name in calls:
         if base is not None:

@@ -10,10 +10,10 @@ from typing import Any
 
 import ase
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from allegro_deploy.models.labels import ASE_KEYS, LabelKeys
 from allegro_deploy.runtime.metadata import PRECISIONS
+from allegro_deploy.runtime.progress import Progress, output_console
 
 from .metrics import PrecisionResult, error_metrics, threshold_failures
 from .predictions import (
@@ -94,14 +94,16 @@ def run_check(
             )
     if md_steps < 0:
         raise CheckError(f"md steps must be >= 0, got {md_steps}")
-    console = console or Console()
+    console = console or output_console()
     out.mkdir(parents=True, exist_ok=True)
 
-    with tempfile.TemporaryDirectory() as folder, _progress() as progress:
-        task = progress.add_task("check", total=None)
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        Progress("check", None, "steps") as progress,
+    ):
 
         def log(precision: str, message: str) -> None:
-            progress.update(task, description=f"{precision}: {message.rstrip(' .')}")
+            progress.stage(f"{precision}: {message.rstrip(' .')}")
 
         if is_file:
             variants = [file_variant(model)]
@@ -175,16 +177,6 @@ def run_check(
     (out / "report.md").write_text(report.to_markdown())
     report.print_tables(console)
     return report
-
-
-def _progress() -> Progress:
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
 
 
 def _file_atomic_numbers(path: Path) -> tuple[int, ...]:

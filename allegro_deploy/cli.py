@@ -337,6 +337,12 @@ def ipi(
     help="Write frames to this .traj or .extxyz file.",
 )
 @click.option(
+    "--thermo",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write step, time, potential/kinetic/total energy, temperature and pressure to "
+    "this CSV file.",
+)
+@click.option(
     "--interval",
     type=click.IntRange(min=1),
     default=10,
@@ -356,23 +362,29 @@ def md(
     steps: int,
     friction: float,
     trajectory: Path | None,
+    thermo: Path | None,
     interval: int,
     seed: int,
     backend: str,
     threads: int | None,
 ) -> None:
     """Run ASE molecular dynamics of STRUCTURE (any ASE-readable file, its last frame)
-    with the exported MODEL (a structures export), and report the speed."""
+    with MODEL (a structures export, or a checkpoint, exported first), and report the
+    speed."""
+    import tempfile
+
     from allegro_deploy.models.labels import read_structure
     from allegro_deploy.runtime.calculator import AllegroCalculator
     from allegro_deploy.runtime.md import run_md
 
-    if trajectory is not None and trajectory.resolve() in (structure.resolve(), model.resolve()):
-        raise click.ClickException(
-            f"--trajectory {trajectory} is an input of this run; name another file"
-        )
+    for option, output in (("--trajectory", trajectory), ("--thermo", thermo)):
+        if output is not None and output.resolve() in (structure.resolve(), model.resolve()):
+            raise click.ClickException(f"{option} {output} is an input of this run")
     atoms = read_structure(structure)
-    calculator = AllegroCalculator(model, backend, threads=threads)
+    with tempfile.TemporaryDirectory(prefix="allegro-md-") as folder:
+        if model.suffix == ".safetensors":
+            model = _export_for_run(model, Path(folder))
+        calculator = AllegroCalculator(model, backend, threads=threads)
     click.echo(f"{len(atoms)} atoms, {calculator.potential}", err=True)
     report = run_md(
         atoms,
@@ -383,10 +395,30 @@ def md(
         steps=steps,
         friction_per_fs=friction,
         trajectory=trajectory,
+        thermo=thermo,
         interval=interval,
         seed=seed,
     )
     click.echo(report.summary())
+
+
+def _export_for_run(checkpoint: Path, folder: Path) -> Path:
+    """``checkpoint`` exported (``structures``, its own dtype) into ``folder``, saying so."""
+    try:
+        from allegro_deploy.exporters.onnx_export import export_checkpoint
+    except ImportError as error:
+        raise click.ClickException(
+            f"{checkpoint} is a checkpoint, which runs after an export; install "
+            f"allegro-deploy[export] or pass an .onnx export ({error.name} is missing)"
+        ) from None
+    path = folder / f"{checkpoint.stem}.onnx"
+    click.echo(
+        f"{checkpoint} is a checkpoint: exporting it first (to skip this next time: "
+        f"allegro-deploy export {checkpoint} -o {checkpoint.stem}.onnx)",
+        err=True,
+    )
+    export_checkpoint(checkpoint, path, log=lambda _: None)
+    return path
 
 
 @main.command()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +24,16 @@ from ase.md.verlet import VelocityVerlet
 from .progress import Progress
 
 ENSEMBLES = ("nve", "nvt")
+THERMO_COLUMNS = (
+    "step",
+    "time_fs",
+    "potential_eV",
+    "kinetic_eV",
+    "total_eV",
+    "temperature_K",
+    "pressure_GPa",
+)
+"""Columns of the thermo CSV of :func:`run_md` (pressure empty for a non-periodic one)."""
 TRAJECTORY_FORMATS = {".traj": "traj", ".extxyz": "extxyz", ".xyz": "extxyz"}
 _SECONDS_PER_DAY = 86400.0
 _FS_PER_PS = 1000.0
@@ -94,6 +106,7 @@ def run_md(
     steps: int = 1000,
     friction_per_fs: float = 0.01,
     trajectory: str | Path | None = None,
+    thermo: str | Path | None = None,
     interval: int = 10,
     seed: int = 0,
     progress: bool = True,
@@ -106,6 +119,9 @@ def run_md(
         distribution at this temperature (seed ``seed``) with the total momentum removed.
     trajectory: ``.traj``, ``.extxyz`` or ``.xyz`` file getting a frame (with energy and
         forces) every ``interval`` steps; energies and temperatures are sampled as often.
+    thermo: CSV file getting a row every ``interval`` steps (:data:`THERMO_COLUMNS`: step,
+        time, potential, kinetic and total energy, temperature and, for a periodic
+        structure, pressure with the kinetic contribution).
     progress: show progress on stderr (a bar on a terminal, plain lines elsewhere).
     """
     if not len(atoms):
@@ -139,16 +155,26 @@ def run_md(
         )
 
     samples: list[tuple[float, float, float]] = []
+    log: Callable[[list[float]], None] = lambda row: None  # noqa: E731
 
     def sample() -> None:
-        total = atoms.get_potential_energy() + atoms.get_kinetic_energy()
-        samples.append((dynamics.nsteps * timestep_fs, total, atoms.get_temperature()))
+        potential, kinetic = atoms.get_potential_energy(), atoms.get_kinetic_energy()
+        time_fs, temperature = dynamics.nsteps * timestep_fs, atoms.get_temperature()
+        samples.append((time_fs, potential + kinetic, temperature))
+        pressure = math.nan
+        if atoms.pbc.all():
+            stress = atoms.get_stress(include_ideal_gas=True)
+            pressure = -float(stress[:3].mean()) / units.GPa
+        log([dynamics.nsteps, time_fs, potential, kinetic, potential + kinetic, temperature,
+             pressure])  # fmt: skip
 
     atoms.get_forces()  # first evaluation: session warm-up, outside the timing
     with contextlib.ExitStack() as stack:
         if trajectory is not None:
             write = stack.enter_context(_writer(Path(trajectory), trajectory_format, atoms))
             dynamics.attach(write, interval=interval)
+        if thermo is not None:
+            log = stack.enter_context(_thermo_writer(Path(thermo)))
         dynamics.attach(sample, interval=interval)
         if progress:
             bar = stack.enter_context(Progress(f"{ensemble.upper()} MD", steps, "steps"))
@@ -156,8 +182,8 @@ def run_md(
         start = time.perf_counter()
         dynamics.run(steps)
         seconds = time.perf_counter() - start
-    if samples[-1][0] != steps * timestep_fs:
-        sample()
+        if samples[-1][0] != steps * timestep_fs:
+            sample()
     times, energies, temperatures = (np.array(column) for column in zip(*samples, strict=True))
     return MDReport(
         ensemble=ensemble,
@@ -192,3 +218,20 @@ def _writer(path: Path, kind: str | None, atoms: ase.Atoms) -> Iterator[Callable
     else:
         with open(path, "w") as file:
             yield lambda: ase.io.write(file, atoms, format="extxyz")
+
+
+@contextlib.contextmanager
+def _thermo_writer(path: Path) -> Iterator[Callable[[list[float]], None]]:
+    """A function appending a row of :data:`THERMO_COLUMNS` to the CSV file ``path``, each
+    row flushed so that a log of a long run can be followed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(THERMO_COLUMNS)
+
+        def write(row: list[float]) -> None:
+            cells = ["" if math.isnan(v) else f"{v:.15g}" for v in row[1:]]
+            writer.writerow([int(row[0]), *cells])
+            file.flush()
+
+        yield write

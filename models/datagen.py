@@ -42,8 +42,11 @@ def generate_emt_dataset(
     n_frames: total number of frames written.
     interval: MD steps (of 5 fs) between recorded frames.
     seed: seeds the alloy arrangement, velocities, thermostat noise and strains.
-    alloy: random substitutional alloy as element -> fraction (fractions sum to 1),
-        e.g. ``{"Cu": 0.5, "Au": 0.5}``; lattice constant from Vegard's law.
+    alloy: random substitutional alloy as element -> mean fraction (fractions sum to 1),
+        e.g. ``{"Cu": 0.5, "Au": 0.5}``: every frame gets a new random arrangement and
+        composition (every fifth frame one pure element, the others drawn around these
+        fractions), lattice constant from Vegard's law, so that the per-species energy
+        shifts can be separated.
 
     Before each frame's ``interval`` MD steps the cell is set to the reference cell
     deformed by a random symmetric strain with components within ±1 % (volume within
@@ -69,20 +72,15 @@ def generate_emt_dataset(
         for temperature, count in zip(temperatures, frames_per_temperature, strict=True):
             progress.stage(f"EMT MD at {temperature:g} K", announce=False)
             atoms = reference.copy()
-            atoms.calc = EMT()
-            # Maxwell-Boltzmann momenta: each component ~ N(0, m kB T).
-            kinetic_scale = np.sqrt(atoms.get_masses() * units.kB * temperature)[:, None]
-            atoms.set_momenta(rng.standard_normal((len(atoms), 3)) * kinetic_scale)
-            dynamics = Langevin(
-                atoms,
-                TIMESTEP_FS * units.fs,
-                temperature_K=temperature,
-                friction=FRICTION_PER_FS / units.fs,
-                fixcm=False,
-                rng=rng,
-            )
+            dynamics = _langevin(atoms, temperature, rng)
             for _ in range(count):
-                atoms.set_cell(reference.cell.array @ _random_strain(rng), scale_atoms=True)
+                cell = reference.cell.array
+                if len(composition) > 1:  # a new arrangement and composition every frame
+                    atoms = _crystal(_frame_composition(composition, len(frames), rng),
+                                     supercell, rng)  # fmt: skip
+                    cell = atoms.cell.array
+                    dynamics = _langevin(atoms, temperature, rng)
+                atoms.set_cell(cell @ _random_strain(rng), scale_atoms=True)
                 dynamics.run(interval)
                 frames.append(_labelled_copy(atoms))
                 progress.advance()
@@ -126,6 +124,37 @@ def _crystal(
     symbols = np.repeat(list(composition), counts)
     atoms.set_chemical_symbols(rng.permutation(symbols).tolist())
     return atoms
+
+
+def _langevin(atoms: Atoms, temperature: float, rng: np.random.Generator) -> Langevin:
+    """EMT Langevin dynamics of ``atoms`` at ``temperature`` K, from Maxwell-Boltzmann
+    momenta (each component ~ N(0, m kB T))."""
+    atoms.calc = EMT()
+    kinetic_scale = np.sqrt(atoms.get_masses() * units.kB * temperature)[:, None]
+    atoms.set_momenta(rng.standard_normal((len(atoms), 3)) * kinetic_scale)
+    return Langevin(
+        atoms,
+        TIMESTEP_FS * units.fs,
+        temperature_K=temperature,
+        friction=FRICTION_PER_FS / units.fs,
+        fixcm=False,
+        rng=rng,
+    )
+
+
+def _frame_composition(
+    composition: Mapping[str, float], frame: int, rng: np.random.Generator
+) -> dict[str, float]:
+    """The composition of an alloy frame: every fifth frame one pure element in turn, the
+    others drawn around ``composition`` (a Dirichlet distribution with that mean), so
+    that the per-species energy shifts can be told apart."""
+    symbols = list(composition)
+    if frame % 5 == 0:
+        pure = symbols[(frame // 5) % len(symbols)]
+        return {symbol: float(symbol == pure) for symbol in symbols}
+    alpha = 2.0 * len(symbols) * np.array(list(composition.values()))
+    fractions = rng.dirichlet(alpha)
+    return {symbol: float(f) for symbol, f in zip(symbols, fractions, strict=True)}
 
 
 def _random_strain(rng: np.random.Generator) -> np.ndarray:

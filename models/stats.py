@@ -27,6 +27,9 @@ class DatasetStatistics:
     per_type_energy_shifts: species -> eV per atom, least squares of the per-atom energy.
     energy_scale: eV/Å, RMS of all force components.
     species_counts: species -> number of atoms.
+    shifts_separable: whether the compositions of the structures determine every
+        species' shift (False for, e.g., one fixed composition: then energies of other
+        compositions, pure elements included, come out wrong).
     """
 
     n_structures: int
@@ -37,6 +40,7 @@ class DatasetStatistics:
     avg_num_neighbors: float
     per_type_energy_shifts: dict[str, float]
     energy_scale: float
+    shifts_separable: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -70,7 +74,8 @@ def compute_statistics(dataset: LabelledDataset) -> DatasetStatistics:
         square_force_sum += float(item.forces.square().sum())
         n_components += item.forces.numel()
     n_atoms = counts.sum(axis=1)
-    shifts, *_ = np.linalg.lstsq(counts / n_atoms[:, None], energies / n_atoms, rcond=None)
+    fractions = counts / n_atoms[:, None]
+    shifts, _, rank, _ = np.linalg.lstsq(fractions, energies / n_atoms, rcond=None)
     energy_scale = float(np.sqrt(square_force_sum / n_components))
     if energy_scale == 0.0:
         raise ValueError(
@@ -88,4 +93,17 @@ def compute_statistics(dataset: LabelledDataset) -> DatasetStatistics:
         avg_num_neighbors=n_edges / float(n_atoms.sum()),
         per_type_energy_shifts={s: float(v) for s, v in zip(dataset.species, shifts, strict=True)},
         energy_scale=energy_scale,
+        shifts_separable=bool(rank == n_species),
+    )
+
+
+def shift_warning(statistics: DatasetStatistics, source: str) -> str | None:
+    """A warning when the training compositions cannot separate the species' energy shifts."""
+    if statistics.shifts_separable:
+        return None
+    return (
+        f"warning: the compositions in {source} cannot separate the per-species energy "
+        f"shifts of {', '.join(statistics.species_counts)} (e.g. every structure has the "
+        "same composition); energies of other compositions, pure elements included, will "
+        "be off. Add structures of other compositions, or set model.per_type_energy_shifts"
     )

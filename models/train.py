@@ -48,7 +48,7 @@ from .checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from .config import ConfigError, ModelConfig, check_options
 from .data import LabelledBatch, LabelledDataset, split_indices
 from .labels import LabelKeys, read_structures
-from .stats import DatasetStatistics, compute_statistics
+from .stats import DatasetStatistics, compute_statistics, shift_warning
 
 BEST = "best.safetensors"
 LAST = "last.safetensors"
@@ -486,6 +486,9 @@ class _Run:
             f"{sum(p.numel() for p in self.model.parameters()):,} parameters; "
             f"output in {self.directory}"
         )
+        warning = shift_warning(self.statistics, self.data.train.source)
+        if warning and "per_type_energy_shifts" not in self.options.model:
+            self.console.print(warning)
         start = time.perf_counter()
         first_epoch = self.epoch + 1
         budget = None if training.max_time_minutes is None else 60 * training.max_time_minutes

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import ase.io
 import click
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -81,9 +82,14 @@ def test_data_generate_alloy(tmp_path: Path) -> None:
         "1",
         "2",
     ]
-    result = CliRunner().invoke(main, [*args, "--temperatures", "300", "--frames", "1"])
+    result = CliRunner().invoke(main, [*args, "--temperatures", "300", "--frames", "10"])
     assert result.exit_code == 0, result.output
-    assert ase.io.read(out).get_chemical_formula() == "Au2Cu6"
+    formulas = [atoms.get_chemical_formula() for atoms in ase.io.read(out, ":")]
+    assert formulas[0] == "Cu8" and formulas[5] == "Au8"  # every fifth frame pure, in turn
+    assert len(set(formulas)) >= 4  # compositions vary from frame to frame
+    mixed = [f for i, f in enumerate(formulas) if i % 5]
+    au = [ase.Atoms(f).get_chemical_symbols().count("Au") for f in mixed]
+    assert 0 < np.mean(au) < 4  # around the mean fraction 0.25 of 8 atoms
 
 
 def test_data_generate_rejects_unsupported_element(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from allegro_deploy.models import ModelConfig
 from allegro_deploy.models.data import LabelledDataset
-from allegro_deploy.models.stats import compute_statistics
+from allegro_deploy.models.stats import compute_statistics, shift_warning
 
 SHIFTS = {"Cu": -3.5, "Au": -2.9}
 R_MAX = 3.2
@@ -77,3 +77,18 @@ def test_statistics_fill_a_model_config():
     config = ModelConfig(species=("Cu", "Au"), r_max=R_MAX, **stats.model_options())
     assert config.per_species("per_type_energy_shifts", 0.0) == pytest.approx([-3.5, -2.9])
     assert config.per_species("per_type_energy_scales", 1.0) == [stats.energy_scale] * 2
+
+
+def test_a_fixed_composition_is_flagged_as_unable_to_separate_the_shifts():
+    frames = synthetic_alloys(8)
+    assert compute_statistics(
+        LabelledDataset.from_atoms(frames, ["Cu", "Au"], R_MAX, "x")
+    ).shifts_separable
+    for atoms in frames:
+        atoms.numbers[:] = [29, 79] * (len(atoms) // 2)
+    stats = compute_statistics(
+        LabelledDataset.from_atoms(frames, ["Cu", "Au"], R_MAX, "fixed.extxyz")
+    )
+    assert not stats.shifts_separable
+    warning = shift_warning(stats, "fixed.extxyz")
+    assert "fixed.extxyz cannot separate the per-species energy shifts of Cu, Au" in warning

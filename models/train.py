@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import json
 import math
 import os
 import time
@@ -36,6 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import ase
+import ase.io
 import torch
 import yaml
 from ase.data import atomic_numbers as ATOMIC_NUMBERS
@@ -54,6 +57,9 @@ BEST = "best.safetensors"
 LAST = "last.safetensors"
 METRICS_CSV = "metrics.csv"
 LEARNING_CURVE = "learning_curve.png"
+VALIDATION = "validation.extxyz"
+"""The validation structures with their labels, for ``check`` and ``evaluate``."""
+TEST_METRICS = "test_metrics.json"
 
 
 class TrainingError(ValueError):
@@ -62,12 +68,14 @@ class TrainingError(ValueError):
 
 @dataclass(frozen=True)
 class DataOptions:
-    """``data`` section. ``index`` (ASE frame selection) applies to both files;
+    """``data`` section. ``test_file``: structures the best weights are tested on at the
+    end (``test_metrics.json``). ``index`` (ASE frame selection) applies to every file;
     ``energy_key``, ``forces_key``, ``stress_key`` name the labels in files that do not use
     ASE's own names (e.g. ``REF_energy``)."""
 
     train_file: str
     val_file: str | None = None
+    test_file: str | None = None
     val_fraction: float = 0.1
     split_seed: int = 0
     index: str = ":"
@@ -282,6 +290,8 @@ def check_output_directory(directory: Path, resume: str | Path | None, overwrite
 class _Data:
     train: LabelledDataset
     val: LabelledDataset
+    val_structures: list[ase.Atoms]
+    test: LabelledDataset | None
     provenance: dict[str, Any]
 
 
@@ -310,8 +320,17 @@ def _load_data(options: TrainConfig) -> _Data:
         train_indices, val_indices = split_indices(len(full), data.val_fraction, data.split_seed)
         train = full.subset(train_indices, f"{data.train_file} (training split)")
         val = full.subset(val_indices, f"{data.train_file} (validation split)")
+        val_structures = [structures[i] for i in val_indices]
+    test = None
+    if data.test_file is not None:
+        test_structures = read_structures(data.test_file, data.index, keys=data.keys)
+        test = LabelledDataset.from_atoms(
+            test_structures, species, r_max, data.test_file, data.keys
+        )
+        provenance["test_file"] = str(Path(data.test_file).resolve())
+        provenance["test_file_sha256"] = file_sha256(data.test_file)
     provenance.update(n_train=len(train), n_val=len(val))
-    return _Data(train, val, provenance)
+    return _Data(train, val, val_structures, test, provenance)
 
 
 def _model_config(
@@ -480,6 +499,7 @@ class _Run:
     def fit(self) -> Path:
         training = self.training
         self.directory.mkdir(parents=True, exist_ok=True)
+        ase.io.write(self.directory / VALIDATION, self.data.val_structures, format="extxyz")
         self.console.print(
             f"training on {self.data.provenance['n_train']} structures, validating on "
             f"{self.data.provenance['n_val']} ({self.device}); "
@@ -532,7 +552,28 @@ class _Run:
             f"stopped: {stop}; best epoch {self.best_epoch} "
             f"(validation loss {self.best_val_loss:.4g}), checkpoint {best}"
         )
+        if self.data.test is not None:
+            self._test(best)
         return best
+
+    def _test(self, best: Path) -> None:
+        """Errors of the best weights on the test set, into ``test_metrics.json``."""
+        self.model.load_state_dict(
+            load_checkpoint(best, map_location=self.device).model.state_dict()
+        )
+        metrics = {
+            "test_file": self.options.data.test_file,
+            "n_structures": len(self.data.test),
+            "best_epoch": self.best_epoch,
+            **self._validate(self.data.test, "test"),
+        }
+        (self.directory / TEST_METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+        self.console.print(
+            f"test ({len(self.data.test)} structures): "
+            f"E {metrics['test_energy_mae_meV_per_atom']:.2f} meV/atom, "
+            f"F {metrics['test_force_mae_meV_per_A']:.1f} meV/Å (RMSE "
+            f"{metrics['test_force_rmse_meV_per_A']:.1f}); {self.directory / TEST_METRICS}"
+        )
 
     def _train_epoch(self, advance: typing.Callable[[float], None]) -> float:
         """One pass over the shuffled training set; returns the mean batch loss."""
@@ -558,11 +599,14 @@ class _Run:
             advance(losses[-1])
         return sum(losses) / len(losses)
 
-    def _validate(self) -> dict[str, float]:
-        """Validation loss and errors over the whole validation set (nequip metrics)."""
+    def _validate(
+        self, dataset: LabelledDataset | None = None, name: str = "val"
+    ) -> dict[str, float]:
+        """Loss and errors over the whole validation set, or ``dataset`` (nequip metrics),
+        keys prefixed with ``name``."""
         self.model.eval()
         parts: dict[str, list[torch.Tensor]] = {"energy": [], "forces": [], "stress": []}
-        for batch in self.data.val.batches(self.training.val_batch_size):
+        for batch in (dataset or self.data.val).batches(self.training.val_batch_size):
             batch = batch.to(self.device)
             residuals = _Residuals.of(self.model(batch.graph), batch)
             parts["energy"].append(residuals.energy_per_atom.detach())
@@ -575,13 +619,13 @@ class _Run:
             "stress": stress.square().mean().item() if stress.numel() else None,
         }
         metrics = {
-            "val_loss": self.loss(mse),
-            "val_energy_mae_meV_per_atom": 1000 * energy.abs().mean().item(),
-            "val_force_mae_meV_per_A": 1000 * forces.abs().mean().item(),
-            "val_force_rmse_meV_per_A": 1000 * math.sqrt(mse["forces"]),
+            f"{name}_loss": self.loss(mse),
+            f"{name}_energy_mae_meV_per_atom": 1000 * energy.abs().mean().item(),
+            f"{name}_force_mae_meV_per_A": 1000 * forces.abs().mean().item(),
+            f"{name}_force_rmse_meV_per_A": 1000 * math.sqrt(mse["forces"]),
         }
         if stress.numel():
-            metrics["val_stress_mae_meV_per_A3"] = 1000 * stress.abs().mean().item()
+            metrics[f"{name}_stress_mae_meV_per_A3"] = 1000 * stress.abs().mean().item()
         return metrics
 
     def _save(self, improved: bool) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import ase.io
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -186,3 +188,21 @@ def test_bad_option_values_are_refused(cu_file, tmp_path):
     config["data"]["index"] = 600  # YAML reads an unquoted 10:00 as the integer 600
     with pytest.raises(ConfigError, match=r"data.index must be a string \(quote it in YAML\)"):
         train(config)
+
+
+def test_test_file_metrics_and_the_validation_split_are_written(cu_file, tmp_path):
+    config = make_config(cu_file, tmp_path / "run", epochs=1)
+    config["data"]["test_file"] = str(cu_file)
+    config["data"]["index"] = ":12"
+    best = train(config)
+    validation = ase.io.read(tmp_path / "run" / "validation.extxyz", ":")
+    source = ase.io.read(cu_file, ":12")
+    assert len(validation) == 3  # a quarter of 12
+    assert any(np.allclose(v.positions, s.positions) for v in validation for s in source)
+    assert all(v.get_forces().shape == (8, 3) for v in validation)
+    metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    assert metrics["n_structures"] == 12 and metrics["best_epoch"] == 1
+    # the best weights on the test set, by the same metric as validation
+    checkpoint = load_checkpoint(best)
+    assert metrics["test_force_mae_meV_per_A"] > 0
+    assert checkpoint.provenance["test_file"] == str(cu_file.resolve())

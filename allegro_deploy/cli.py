@@ -68,6 +68,21 @@ def _label_key_options(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
+_EXTRAS = {
+    "torch": "train",
+    "e3nn": "train",
+    "safetensors": "train",
+    "yaml": "train",
+    "onnx": "export",
+    "onnxscript": "export",
+    "onnx_ir": "export",
+    "openvino": "openvino",
+    "nequip": "test",
+    "allegro": "test",
+}
+"""The extra that brings each optional package (pyproject.toml's optional-dependencies)."""
+
+
 class _Commands(click.Group):
     """Reports bad input (``ValueError``, which every error type of the package for bad
     data, configurations, checkpoints or structures derives from, and missing files) as a
@@ -78,6 +93,14 @@ class _Commands(click.Group):
             return super().invoke(ctx)
         except (ValueError, FileNotFoundError) as error:
             raise click.ClickException(str(error)) from error
+        except ModuleNotFoundError as error:
+            package = (error.name or "").split(".")[0]
+            if package not in _EXTRAS:
+                raise
+            raise click.ClickException(
+                f"this command needs {package}, which this installation lacks: "
+                f"pip install 'allegro-deploy[{_EXTRAS[package]}]'"
+            ) from error
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -189,8 +212,20 @@ def info(path: Path, tensorrt: bool, tensorrt_version: str) -> None:
     if tensorrt and path.suffix != ".onnx":
         raise click.ClickException(f"--tensorrt checks an .onnx file, not {path}")
     if path.suffix == ".onnx":
-        from allegro_deploy.exporters.inspect import describe_onnx
+        try:
+            from allegro_deploy.exporters.inspect import describe_onnx
+        except ImportError as error:  # a runtime-only install: the metadata, no op census
+            from allegro_deploy.runtime.metadata import read_metadata
 
+            if tensorrt:
+                raise click.ClickException(
+                    f"--tensorrt needs the {error.name} package: pip install "
+                    "'allegro-deploy[export]'"
+                ) from None
+            click.echo(f"model {path} ({path.stat().st_size / 1e6:.2f} MB)")
+            click.echo("\n".join(read_metadata(path).describe()))
+            click.echo(f"(node census: pip install 'allegro-deploy[export]' for {error.name})")
+            return
         try:
             click.echo(describe_onnx(path))
         except ValueError as error:

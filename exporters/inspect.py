@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from allegro_deploy.runtime.metadata import OP_DOMAIN, MetadataError, ModelMetadata, TensorSpec
+from allegro_deploy.runtime.metadata import OP_DOMAIN, MetadataError, ModelMetadata
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
@@ -35,13 +35,6 @@ def custom_nodes(model: onnx.ModelProto) -> list[tuple[str, str, dict[str, str]]
         for node in model.graph.node
         if node.domain == OP_DOMAIN
     ]
-
-
-def _tensor_line(spec: TensorSpec) -> str:
-    comma = "," if len(spec.shape) == 1 else ""
-    shape = "(" + ", ".join(str(d) for d in spec.shape) + comma + ")"
-    unit = f" [{spec.unit}]" if spec.unit else ""
-    return f"    {spec.name:<16} {spec.dtype:<8} {shape:<20}{unit} {spec.description}"
 
 
 def describe_onnx(path: str | Path) -> str:
@@ -69,22 +62,7 @@ def describe_onnx(path: str | Path) -> str:
         lines.append(f"not a runnable allegro-deploy model: {error}")
         lines += [f"  {key}: {value}" for key, value in props.items()]
     else:
-        numbers = zip(meta.species, meta.atomic_numbers, strict=True)
-        lines += [
-            f"format: {props['format']} version {meta.format_version}    "
-            f"target: {meta.target}    dtype: {meta.dtype}    precision: "
-            f"{meta.precision} ({meta.precision_mode})    "
-            f"float64 tensors: {str(meta.float64).lower()}",
-            "species: " + ", ".join(f"{s} (Z={z})" for s, z in numbers),
-            f"r_max: {meta.r_max} Å    pair cutoffs (Å, rows = center): "
-            f"{[list(row) for row in meta.pair_cutoffs]}",
-            f"exported by {props.get('exporter')} {props.get('exporter_version')} "
-            f"(torch {props.get('torch_version')}) from checkpoint sha256 "
-            f"{props.get('checkpoint_sha256') or '(none)'}",
-        ]
-        for kind, specs in (("inputs", meta.inputs), ("outputs", meta.outputs)):
-            lines.append(f"{kind}:")
-            lines += [_tensor_line(spec) for spec in specs]
+        lines += meta.describe()
     counts = op_counts(model)
     lines.append(f"nodes: {sum(counts.values())}")
     lines += [f"  {op:<30} {count}" for op, count in counts.items()]

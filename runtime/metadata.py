@@ -211,6 +211,33 @@ class ModelMetadata:
     def output_names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.outputs)
 
+    def describe(self) -> list[str]:
+        """Human-readable lines: format, target, precision, species, cutoffs, provenance
+        and the graph's tensors (``allegro-deploy info``)."""
+        raw = self.raw
+        numbers = zip(self.species, self.atomic_numbers, strict=True)
+        lines = [
+            f"format: {FORMAT} version {self.format_version}    target: {self.target}    "
+            f"dtype: {self.dtype}    precision: {self.precision} ({self.precision_mode})    "
+            f"float64 tensors: {str(self.float64).lower()}",
+            "species: " + ", ".join(f"{s} (Z={z})" for s, z in numbers),
+            f"r_max: {self.r_max} Å    pair cutoffs (Å, rows = center): "
+            f"{[list(row) for row in self.pair_cutoffs]}",
+            f"exported by {raw.get('exporter')} {raw.get('exporter_version')} "
+            f"(torch {raw.get('torch_version')}) from checkpoint sha256 "
+            f"{raw.get('checkpoint_sha256') or '(none)'}",
+        ]
+        for kind, specs in (("inputs", self.inputs), ("outputs", self.outputs)):
+            lines.append(f"{kind}:")
+            for spec in specs:
+                comma = "," if len(spec.shape) == 1 else ""
+                shape = "(" + ", ".join(str(d) for d in spec.shape) + comma + ")"
+                unit = f" [{spec.unit}]" if spec.unit else ""
+                lines.append(
+                    f"    {spec.name:<16} {spec.dtype:<8} {shape:<20}{unit} {spec.description}"
+                )
+        return lines
+
     def to_props(self, **provenance: str) -> dict[str, str]:
         """``metadata_props`` (key -> string) of a file with this metadata, the inverse of
         :meth:`from_props`; ``provenance`` adds keys the runtime does not read (exporter,

@@ -74,3 +74,81 @@ def test_runtime_imports_and_evaluates_without_torch(
         text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+CLI = """
+import sys
+
+BLOCKED = ("torch", "e3nn", "onnx", "onnxscript")
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if any(name == b or name.startswith(b + ".") for b in BLOCKED):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Block())
+from allegro_deploy.cli import main
+sys.argv = ["allegro-deploy", *sys.argv[1:]]
+main()
+"""
+
+
+def cli_without_torch_or_onnx(*args: str) -> subprocess.CompletedProcess[str]:
+    """``allegro-deploy ARGS`` where torch, e3nn, onnx and onnxscript cannot be imported."""
+    return subprocess.run(
+        [sys.executable, "-c", CLI, *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_commands_on_an_onnx_file_run_without_torch_or_onnx(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path
+) -> None:
+    import ase.io
+    from ase.calculators.emt import EMT
+
+    path = exported(tmp_path_factory, "float64")
+    frames = []
+    for seed in range(3):
+        atoms = copper(2, rattle=0.05, seed=seed)
+        atoms.calc = EMT()
+        atoms.get_potential_energy()
+        frames.append(atoms)
+    data = tmp_path / "data.extxyz"
+    ase.io.write(data, frames)
+
+    info = cli_without_torch_or_onnx("info", str(path))
+    assert info.returncode == 0, info.stderr
+    assert (
+        "target: structures" in info.stdout
+        and "pip install 'allegro-deploy[export]'" in info.stdout
+    )
+    md = cli_without_torch_or_onnx("md", str(path), str(data), "--steps", "3", "--threads", "1")
+    assert md.returncode == 0 and "3 steps of 32 atoms" in md.stdout, md.stderr
+    evaluate = cli_without_torch_or_onnx(
+        "evaluate", str(path), str(data), "--out", str(tmp_path / "e")
+    )
+    assert evaluate.returncode == 0 and (tmp_path / "e" / "parity.png").exists(), evaluate.stderr
+    check = cli_without_torch_or_onnx(
+        "check", str(path), "--data", str(data), "--md-steps", "2", "--out", str(tmp_path / "c")
+    )
+    assert check.returncode == 0 and (tmp_path / "c" / "report.json").exists(), check.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "extra"),
+    [
+        (["export", "model.safetensors", "-o", "x.onnx"], "export"),
+        (["train", "train.yaml"], "train"),
+        (["bench", "model.onnx", "--no-memory"], "train"),
+    ],  # fmt: skip
+)
+def test_commands_that_need_an_extra_name_it_in_one_line(tmp_path, args, extra) -> None:
+    for name in ("model.safetensors", "train.yaml", "model.onnx"):
+        (tmp_path / name).write_text("data: {train_file: x}\nmodel: {r_max: 4.0}\n")
+    args = [str(tmp_path / a) if (tmp_path / a).exists() else a for a in args]
+    result = cli_without_torch_or_onnx(*args)
+    assert result.returncode == 1
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert f"pip install 'allegro-deploy[{extra}]'" in line, result.stderr
+    assert "Traceback" not in result.stderr

@@ -514,10 +514,10 @@ class _Run:
         budget = None if training.max_time_minutes is None else 60 * training.max_time_minutes
         stop = f"reached {training.epochs} epochs"
         n_batches = self.data.train.n_batches(training.batch_size)
-        with Progress("training", None, "batches") as progress:
+        with Progress("training", None, f"batches in all ({n_batches} per epoch)") as progress:
             for epoch in range(first_epoch, training.epochs + 1):
                 self.epoch = epoch
-                progress.stage(f"epoch {epoch} ({n_batches} batches)", announce=False)
+                progress.stage(f"epoch {epoch}/{training.epochs}", announce=False)
                 lr = self.optimizer.param_groups[0]["lr"]
                 train_loss = self._train_epoch(lambda loss: progress.advance())
                 if not math.isfinite(train_loss):

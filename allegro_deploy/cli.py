@@ -701,7 +701,11 @@ def _parse_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
     show_default=True,
     help="Atoms of each fcc cell (rounded to the nearest 4·n1·n2·n3), comma-separated.",
 )
-@click.option("--element", help="Metal of the fcc cells (default: the model's first metal).")
+@click.option(
+    "--element",
+    help="Pure fcc cells of this metal (default: the training data's composition and "
+    "neighbour density, else the model's first metal).",
+)
 @click.option(
     "--molecules",
     type=click.IntRange(min=0),
@@ -753,12 +757,16 @@ def bench(
         implementations_here,
         load_model,
         run_bench,
+        training_workload,
     )
     from allegro_deploy.runtime.progress import output_console
 
     console = output_console()
     torch_model = load_model(model)
-    cases = default_cases(torch_model.species, sizes, molecules, element)
+    training = None if element else training_workload(model)
+    cases = default_cases(torch_model.species, sizes, molecules, element, training)
+    if training is not None:
+        console.print(f"workload: {training.describe()} (--element X for pure X instead)")
     with tempfile.TemporaryDirectory(prefix="allegro-bench-") as workdir:
         only = [name.strip() for name in implementations.split(",")] if implementations else None
         specs, unavailable = implementations_here(

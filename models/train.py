@@ -563,7 +563,7 @@ class _Run:
         )
         metrics = {
             "test_file": self.options.data.test_file,
-            "n_structures": len(self.data.test),
+            "structures": len(self.data.test),
             "best_epoch": self.best_epoch,
             **self._validate(self.data.test, "test"),
         }

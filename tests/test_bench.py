@@ -9,13 +9,22 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import ase.neighborlist
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from exported_models import small_model
 from torch.utils.flop_counter import FlopCounterMode
 
-from allegro_deploy.bench import Case, Implementation, gemm_flops, run_bench
+from allegro_deploy.bench import (
+    Case,
+    Implementation,
+    default_cases,
+    gemm_flops,
+    run_bench,
+    training_workload,
+)
 from allegro_deploy.bench import run as bench_run
 from allegro_deploy.bench.implementations import open_implementation
 from allegro_deploy.bench.memory import peak_memory
@@ -182,3 +191,25 @@ def test_official_implementation_agrees_with_ours_on_the_same_weights(tmp_path: 
     assert report.baseline == "official"
     for row in report.rows:
         assert row.force_deviation < 1e-10, (row.implementation, row.case)
+
+
+def test_default_workload_follows_the_training_data(tmp_path: Path) -> None:
+    """A Cu/O model trained at 20.7 neighbours gets cells of its composition at that density,
+    and says so; --element still gives pure cells."""
+    path = tmp_path / "trained.safetensors"
+    statistics = {"species_counts": {"Cu": 30, "O": 10}, "avg_num_neighbors": 20.7, "r_max": 4.0}
+    save_checkpoint(path, small_model("float32"), statistics=statistics)
+    training = training_workload(path)
+    assert training.fractions == {"Cu": 0.75, "O": 0.25} and training.neighbours == 20.7
+    (case,) = default_cases(("Cu", "O"), [500], 0, training=training)
+    (atoms,) = case.structures()
+    counts = np.bincount(ase.neighborlist.neighbor_list("i", atoms, 4.0), minlength=len(atoms))
+    assert abs(counts.mean() - 20.7) / 20.7 < 0.15
+    assert 0.6 < np.mean(atoms.numbers == 29) < 0.9
+    (pure,) = default_cases(("Cu", "O"), [500], 0, element="Cu", training=None)
+    assert pure.label == "fcc Cu"
+    args = ["bench", str(path), "--sizes", "32", "--molecules", "0", "--repeats", "1"]
+    result = CliRunner().invoke(main, [*args, "--implementations", "torch", "--no-memory"])
+    assert result.exit_code == 0, result.output
+    assert "workload: fcc cells of the training composition (Cu 75%, O 25%)" in result.output
+    assert "20.7 neighbours within r_max = 4 Å" in result.output

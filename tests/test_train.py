@@ -201,7 +201,7 @@ def test_test_file_metrics_and_the_validation_split_are_written(cu_file, tmp_pat
     assert any(np.allclose(v.positions, s.positions) for v in validation for s in source)
     assert all(v.get_forces().shape == (8, 3) for v in validation)
     metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
-    assert metrics["n_structures"] == 12 and metrics["best_epoch"] == 1
+    assert metrics["structures"] == 12 and metrics["best_epoch"] == 1
     # the best weights on the test set, by the same metric as validation
     checkpoint = load_checkpoint(best)
     assert metrics["test_force_mae_meV_per_A"] > 0

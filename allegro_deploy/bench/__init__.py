@@ -27,8 +27,16 @@ from __future__ import annotations
 from .flops import gemm_flops, gemm_rate
 from .implementations import IMPLEMENTATIONS, LABELS, Implementation, implementations_here
 from .report import BenchReport, Row
-from .run import WARMUP, load_model, run_bench
-from .workloads import BenchError, Case, aspirin, default_cases, fcc_cell, molecules
+from .run import WARMUP, load_model, run_bench, training_workload
+from .workloads import (
+    BenchError,
+    Case,
+    TrainingWorkload,
+    aspirin,
+    default_cases,
+    fcc_cell,
+    molecules,
+)
 
 __all__ = [
     "IMPLEMENTATIONS",
@@ -39,6 +47,7 @@ __all__ = [
     "Case",
     "Implementation",
     "Row",
+    "TrainingWorkload",
     "aspirin",
     "default_cases",
     "fcc_cell",
@@ -48,4 +57,5 @@ __all__ = [
     "load_model",
     "molecules",
     "run_bench",
+    "training_workload",
 ]

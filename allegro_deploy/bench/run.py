@@ -28,7 +28,7 @@ from .implementations import (
 )
 from .memory import MEMORY_HEADROOM, RUNTIME_HOST_BYTES_PER_EDGE, available_memory, peak_memory
 from .report import BenchReport, Row
-from .workloads import BenchError, Case
+from .workloads import BenchError, Case, TrainingWorkload
 
 WARMUP = 2
 """Untimed calls per (implementation, workload) before the timed ones. ONNX Runtime reaches its
@@ -238,3 +238,30 @@ def load_model(path: str | Path) -> AllegroModel:
         config = json.loads(read_metadata(path).raw["model_config"])
         return AllegroModel(ModelConfig.from_dict(config)).eval()
     raise BenchError(f"{path} is neither a checkpoint (.safetensors) nor an exported model (.onnx)")
+
+
+def training_workload(path: str | Path) -> TrainingWorkload | None:
+    """What the model at ``path`` was trained on: from a checkpoint's statistics (species
+    counts, mean neighbours), from an export's model configuration (its mean neighbours,
+    species in equal shares); None when neither says."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from allegro_deploy.models.checkpoint import load_checkpoint
+
+        statistics = load_checkpoint(path).statistics
+        counts = statistics.get("species_counts") or {}
+        neighbours, r_max = statistics.get("avg_num_neighbors"), statistics.get("r_max")
+    else:
+        from allegro_deploy.runtime.metadata import read_metadata
+
+        config = json.loads(read_metadata(path).raw["model_config"])
+        counts = dict.fromkeys(config["species"], 1)
+        neighbours, r_max = config.get("avg_num_neighbors"), config["r_max"]
+        if isinstance(neighbours, dict):
+            neighbours = sum(neighbours.values()) / len(neighbours)
+    if not counts or not neighbours or not r_max or neighbours <= 1.0:
+        return None  # an untrained model's placeholder (1.0) says nothing
+    total = sum(counts.values())
+    return TrainingWorkload(
+        {s: n / total for s, n in counts.items()}, float(neighbours), float(r_max)
+    )

@@ -62,6 +62,55 @@ def fcc_cell(n_atoms: int, element: str, seed: int = 0) -> ase.Atoms:
     return atoms
 
 
+def neighbour_lattice_constant(neighbours: float, r_max: float) -> float:
+    """Å: the fcc lattice constant at which an atom has on average ``neighbours`` atoms
+    within ``r_max`` Å (4 atoms per a³ in a sphere of radius r_max)."""
+    return (16.0 * math.pi * r_max**3 / (3.0 * neighbours)) ** (1.0 / 3.0)
+
+
+def alloy_cell(
+    n_atoms: int,
+    fractions: dict[str, float],
+    lattice_constant: float,
+    seed: int = 0,
+) -> ase.Atoms:
+    """Periodic fcc of about ``n_atoms`` atoms (:func:`fcc_repeats`) at ``lattice_constant``
+    Å, the species of ``fractions`` placed at random in those proportions, every atom
+    displaced by N(0, RATTLE) Å."""
+    rng = np.random.default_rng(seed)
+    cell = ase.build.bulk("X", "fcc", a=lattice_constant, cubic=True)
+    atoms = cell.repeat(fcc_repeats(n_atoms))
+    symbols, weights = list(fractions), np.array(list(fractions.values()), dtype=float)
+    atoms.set_chemical_symbols(rng.choice(symbols, len(atoms), p=weights / weights.sum()))
+    atoms.positions += rng.normal(0.0, RATTLE, atoms.positions.shape)
+    return atoms
+
+
+@dataclass(frozen=True)
+class TrainingWorkload:
+    """What a model was trained on, for a default workload like it.
+
+    fractions: species -> share of the training atoms.
+    neighbours: mean neighbours per atom within ``r_max`` Å in the training data.
+    """
+
+    fractions: dict[str, float]
+    neighbours: float
+    r_max: float
+
+    @property
+    def lattice_constant(self) -> float:
+        return neighbour_lattice_constant(self.neighbours, self.r_max)
+
+    def describe(self) -> str:
+        composition = ", ".join(f"{s} {f:.0%}" for s, f in self.fractions.items())
+        return (
+            f"fcc cells of the training composition ({composition}) at a = "
+            f"{self.lattice_constant:.3f} Å, where an atom has the training data's "
+            f"{self.neighbours:.1f} neighbours within r_max = {self.r_max:g} Å"
+        )
+
+
 def aspirin() -> ase.Atoms:
     """Acetylsalicylic acid (C9H8O4, 21 atoms) from standard bond lengths and angles (Å):
     planar ring and carboxylic acid, acetyl ester twisted out of the ring plane."""
@@ -124,8 +173,10 @@ def molecules(species: Sequence[str], count: int, seed: int = 0) -> list[ase.Ato
 class Case:
     """One timed workload, as plain data so that a fresh process builds the same structures.
 
-    kind: ``fcc`` (one periodic cell of about ``size`` atoms of ``species[0]``) or
-        ``molecules`` (``size`` molecules of ``species``, see :func:`molecules`).
+    kind: ``fcc`` (one periodic cell of about ``size`` atoms of ``species[0]`` at its own
+        lattice constant, or with ``fractions`` and ``lattice_constant`` an
+        :func:`alloy_cell` of ``species``) or ``molecules`` (``size`` molecules of
+        ``species``, see :func:`molecules`).
     separate: for molecules, one call per molecule instead of all in one call.
     """
 
@@ -133,6 +184,8 @@ class Case:
     size: int
     species: tuple[str, ...]
     separate: bool = False
+    fractions: tuple[float, ...] = ()
+    lattice_constant: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("fcc", "molecules"):
@@ -141,12 +194,17 @@ class Case:
             raise BenchError(f"a workload needs a size of at least 1, got {self.size}")
 
     def structures(self) -> list[ase.Atoms]:
+        if self.kind == "fcc" and self.lattice_constant is not None:
+            fractions = dict(zip(self.species, self.fractions, strict=True))
+            return [alloy_cell(self.size, fractions, self.lattice_constant)]
         if self.kind == "fcc":
             return [fcc_cell(self.size, self.species[0])]
         return molecules(self.species, self.size)
 
     @property
     def label(self) -> str:
+        if self.kind == "fcc" and self.lattice_constant is not None:
+            return f"fcc {'-'.join(self.species)}, a = {self.lattice_constant:.2f} Å"
         if self.kind == "fcc":
             return f"fcc {self.species[0]}"
         what = "C9H8O4" if {"H", "C", "O"} <= set(self.species) else "21-atom clusters"
@@ -155,19 +213,33 @@ class Case:
 
 
 def default_cases(
-    species: Sequence[str], sizes: Sequence[int], n_molecules: int, element: str | None = None
+    species: Sequence[str],
+    sizes: Sequence[int],
+    n_molecules: int,
+    element: str | None = None,
+    training: TrainingWorkload | None = None,
 ) -> list[Case]:
-    """fcc cells of ``element`` (default: :func:`first_metal` of the species) of each size,
-    then ``n_molecules`` molecules in one call and in one call each (none when 0)."""
-    element = element or first_metal(species)
-    if element not in species:
-        raise BenchError(
-            f"element {element} is not one of the model's species ({', '.join(species)})"
-        )
+    """fcc cells of each size: of ``element`` at its own lattice constant when named, else
+    like the ``training`` data (:class:`TrainingWorkload`) when known, else of
+    :func:`first_metal` of the species; then ``n_molecules`` molecules in one call and in
+    one call each (none when 0)."""
     bad = [size for size in sizes if size < 1]
     if bad:
         raise BenchError(f"system sizes must be at least 1 atom, got {bad}")
-    cases = [Case("fcc", size, (element,)) for size in sizes]
+    if element is None and training is not None:
+        names = tuple(training.fractions)
+        shares = tuple(training.fractions.values())
+        cases = [
+            Case("fcc", size, names, fractions=shares, lattice_constant=training.lattice_constant)
+            for size in sizes
+        ]
+    else:
+        element = element or first_metal(species)
+        if element not in species:
+            raise BenchError(
+                f"element {element} is not one of the model's species ({', '.join(species)})"
+            )
+        cases = [Case("fcc", size, (element,)) for size in sizes]
     if n_molecules:
         cases += [
             Case("molecules", n_molecules, tuple(species), separate) for separate in (False, True)

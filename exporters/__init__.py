@@ -8,8 +8,9 @@ The names below are imported on first use, so ``allegro-deploy info`` on an ``.o
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from allegro_deploy.runtime.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .onnx_export import ExportError, ExportReport, export_checkpoint, export_model
@@ -33,8 +34,4 @@ _MODULES = {
     "check_tensorrt": ".tensorrt_check",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_MODULES[name], __name__), name)
+__getattr__ = lazy_exports(__name__, _MODULES)

@@ -8,8 +8,9 @@ The names below are imported on first use, so the torch-free modules of this pac
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from allegro_deploy.runtime.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .allegro import AllegroModel
@@ -25,8 +26,4 @@ _MODULES = {
     "ModelConfig": ".config",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_MODULES[name], __name__), name)
+__getattr__ = lazy_exports(__name__, _MODULES)

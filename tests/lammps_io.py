@@ -1,10 +1,29 @@
-"""Reading what LAMMPS writes: thermo rows of a log and frames of a ``dump custom``."""
+"""LAMMPS files in tests: the data file a run starts from, thermo rows of a log and
+frames of a ``dump custom``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import ase
+import ase.io
 import numpy as np
+
+
+def write_data(path: Path, atoms: ase.Atoms, type_order: Sequence[str]) -> None:
+    """``atoms`` (with velocities) as a metal-units atomic LAMMPS data file, element of
+    type 1, 2, ... in ``type_order``."""
+    ase.io.write(
+        path,
+        atoms,
+        format="lammps-data",
+        specorder=list(type_order),
+        masses=True,
+        velocities=True,
+        units="metal",
+        atom_style="atomic",
+    )
 
 
 def read_thermo(log: Path) -> np.ndarray:

@@ -36,7 +36,7 @@ from ase.calculators.lammps import Prism
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 from exported_models import SPECIES, exported, small_model
-from lammps_io import read_dump, read_thermo
+from lammps_io import read_dump, read_thermo, write_data
 
 from allegro_deploy.exporters.onnx_export import export_model
 from allegro_deploy.models import AllegroModel, AtomicGraph
@@ -121,16 +121,7 @@ def test_lammps_fix_external_nve_matches_ase_velocity_verlet(
     MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(7))
     Stationary(atoms)
     data = tmp_path / "start.data"
-    ase.io.write(
-        data,
-        atoms,
-        format="lammps-data",
-        specorder=list(SPECIES),
-        masses=True,
-        velocities=True,
-        units="metal",
-        atom_style="atomic",
-    )
+    write_data(data, atoms, SPECIES)
     log, dump = tmp_path / "log.lammps", tmp_path / "x.dump"
 
     lmp = open_lammps_or_skip(["-log", str(log), "-screen", "none", "-nocite"])

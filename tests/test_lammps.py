@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from ase.calculators.lammps import Prism
 from exported_models import SPECIES, exported, small_model
-from lammps_io import read_dump, read_thermo
+from lammps_io import read_dump, read_thermo, write_data
 
 from allegro_deploy.exporters.onnx_export import export_model
 from allegro_deploy.exporters.targets import structures_inputs
@@ -119,16 +119,7 @@ def run_lammps(
     mliap unified`` with ``model_line`` (the rest of the pair_style line), and then
     ``commands``. The log is ``folder / "log.lammps"``."""
     folder.mkdir(parents=True, exist_ok=True)
-    ase.io.write(
-        folder / "start.data",
-        atoms,
-        format="lammps-data",
-        specorder=list(type_order),
-        masses=True,
-        velocities=True,
-        units="metal",
-        atom_style="atomic",
-    )
+    write_data(folder / "start.data", atoms, type_order)
     (folder / "in.lmp").write_text(
         f"""
         units metal

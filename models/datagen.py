@@ -14,6 +14,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import atomic_numbers, reference_states
 from ase.md.langevin import Langevin
 
+from allegro_deploy.runtime.md import maxwell_boltzmann
 from allegro_deploy.runtime.progress import Progress
 
 # Elements with EMT parameters that crystallise fcc (EMT's H, C, N, O are not bulk metals).
@@ -128,10 +129,9 @@ def _crystal(
 
 def _langevin(atoms: Atoms, temperature: float, rng: np.random.Generator) -> Langevin:
     """EMT Langevin dynamics of ``atoms`` at ``temperature`` K, from Maxwell-Boltzmann
-    momenta (each component ~ N(0, m kB T))."""
+    momenta."""
     atoms.calc = EMT()
-    kinetic_scale = np.sqrt(atoms.get_masses() * units.kB * temperature)[:, None]
-    atoms.set_momenta(rng.standard_normal((len(atoms), 3)) * kinetic_scale)
+    maxwell_boltzmann(atoms, temperature, rng)
     return Langevin(
         atoms,
         TIMESTEP_FS * units.fs,

@@ -137,8 +137,7 @@ def run_md(
     rng = np.random.default_rng(seed)
     atoms.calc = calculator
     # Maxwell-Boltzmann momenta: each component ~ N(0, m kB T); then zero total momentum.
-    scale = np.sqrt(atoms.get_masses() * units.kB * temperature_K)[:, None]
-    atoms.set_momenta(rng.standard_normal((len(atoms), 3)) * scale)
+    maxwell_boltzmann(atoms, temperature_K, rng)
     # a single atom has only its centre-of-mass motion: it starts at rest
     Stationary(atoms, preserve_temperature=len(atoms) > 1)
     dynamics: MolecularDynamics
@@ -195,6 +194,13 @@ def run_md(
         total_energies=energies,
         temperatures=temperatures,
     )
+
+
+def maxwell_boltzmann(atoms: ase.Atoms, temperature_K: float, rng: np.random.Generator) -> None:
+    """Momenta of ``atoms`` drawn from the Maxwell-Boltzmann distribution at
+    ``temperature_K``: each component ~ N(0, m kB T)."""
+    scale = np.sqrt(atoms.get_masses() * units.kB * temperature_K)[:, None]
+    atoms.set_momenta(rng.standard_normal((len(atoms), 3)) * scale)
 
 
 def _trajectory_format(path: str | Path | None) -> str | None:

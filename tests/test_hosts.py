@@ -206,15 +206,7 @@ def test_lammps_bridge_raises_what_failed_in_the_callback(
     atoms = alloy((2, 2, 2), seed=2)
     atoms.positions[1] = atoms.positions[0] + [0.1, 0.0, 0.0]  # the potential refuses this
     data = tmp_path / "start.data"
-    ase.io.write(
-        data,
-        atoms,
-        format="lammps-data",
-        specorder=list(SPECIES),
-        masses=True,
-        units="metal",
-        atom_style="atomic",
-    )
+    write_data(data, atoms, SPECIES)
     lmp = open_lammps_or_skip(["-log", "none", "-screen", "none", "-nocite"])
     try:
         lmp.commands_string(f"units metal\natom_style atomic\nread_data {data}")

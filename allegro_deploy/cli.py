@@ -753,35 +753,34 @@ def bench(
 
     from allegro_deploy.bench import (
         WARMUP,
+        BenchModel,
         default_cases,
         implementations_here,
-        load_model,
         run_bench,
         training_workload,
     )
     from allegro_deploy.runtime.progress import output_console
 
     console = output_console()
-    torch_model = load_model(model)
+    bench_model = BenchModel.read(model)
     training = None if element else training_workload(model)
-    cases = default_cases(torch_model.species, sizes, molecules, element, training)
+    cases = default_cases(bench_model.species, sizes, molecules, element, training)
     if training is not None:
         console.print(f"workload: {training.describe()} (--element X for pure X instead)")
     with tempfile.TemporaryDirectory(prefix="allegro-bench-") as workdir:
         only = [name.strip() for name in implementations.split(",")] if implementations else None
         specs, unavailable = implementations_here(
-            model, torch_model, workdir, threads, only, log=lambda line: console.print(line)
+            model, workdir, threads, only, log=lambda line: console.print(line)
         )
         report = run_bench(
             specs,
             cases,
-            torch_model,
+            bench_model,
             repeats=repeats,
             warmup=WARMUP if warmup is None else warmup,
             memory=memory,
             threads=threads,
             unavailable=unavailable,
-            source=model,
         )
     console.print(report.table())
     for name, why in report.unavailable.items():

@@ -81,7 +81,7 @@ def run(workdir: str | Path = "runs/quickstart") -> Path:
     console = output_console()
     workdir = Path(workdir)
     data = workdir / DATA_FILE
-    console.print(f"[bold]1/4[/] generating EMT Cu molecular dynamics data in {data}")
+    console.print(f"1/4 generating EMT Cu molecular dynamics data in {data}")
     generate_emt_dataset(
         data,
         element="Cu",
@@ -94,7 +94,7 @@ def run(workdir: str | Path = "runs/quickstart") -> Path:
     output = workdir / TRAIN_DIRECTORY
     shutil.rmtree(output, ignore_errors=True)
     console.print(
-        f"[bold]2/4[/] training for {TRAINING_EPOCHS} epochs on {TRAINING_THREADS} thread "
+        f"2/4 training for {TRAINING_EPOCHS} epochs on {TRAINING_THREADS} thread "
         "(1 to 3 minutes on two cores)"
     )
     threads = torch.get_num_threads()
@@ -132,7 +132,7 @@ def run(workdir: str | Path = "runs/quickstart") -> Path:
     console.print(f"inspect it with: allegro-deploy info {best}")
 
     onnx_file = workdir / ONNX_FILE
-    console.print(f"[bold]3/4[/] exporting {best} to {onnx_file} (float32)")
+    console.print(f"3/4 exporting {best} to {onnx_file} (float32)")
     report = export_checkpoint(best, onnx_file, dtype="float32", log=lambda _: None)
     console.print(
         f"ONNX Runtime matches torch to {report.max_error:.1e} relative "
@@ -151,7 +151,7 @@ def _molecular_dynamics(console: Console, onnx_file: Path, trajectory: Path) -> 
 
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(MD_SUPERCELL)
     console.print(
-        f"[bold]4/4[/] {MD_STEPS} steps of Langevin MD ({MD_TEMPERATURE_K:g} K, "
+        f"4/4 {MD_STEPS} steps of Langevin MD ({MD_TEMPERATURE_K:g} K, "
         f"{MD_TIMESTEP_FS:g} fs) of {len(atoms)} Cu atoms with the ONNX model"
     )
     calculator = AllegroCalculator(onnx_file)

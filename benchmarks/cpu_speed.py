@@ -32,7 +32,7 @@ from export_speed import CONFIG  # benchmarks/, the script's folder, is on sys.p
 from rich.console import Console
 from rich.table import Table
 
-from allegro_deploy.bench import BenchReport, Case, Implementation, run_bench
+from allegro_deploy.bench import BenchModel, BenchReport, Case, Implementation, run_bench
 from allegro_deploy.exporters.onnx_export import export_model
 from allegro_deploy.models import AllegroModel, ModelConfig
 from allegro_deploy.models.checkpoint import save_checkpoint
@@ -153,20 +153,20 @@ def main() -> None:
             ("large", large, large_model, args.repeats_large),
         ):
             reports[name] = run_bench(
-                specs, [COPPER], model, repeats=repeats, memory=False, source=name, **common
+                specs, [COPPER], BenchModel.of(model, name), repeats=repeats, memory=False, **common
             )
             console.print(reports[name].table())
         molecules = [Case("molecules", 1, TUTORIAL.species)]
         molecules += [Case("molecules", 64, TUTORIAL.species, s) for s in (False, True)]
         reports["molecules"] = run_bench(
-            tutorial, molecules, tutorial_model, repeats=args.repeats, memory=False,
-            source="tutorial", **common,
+            tutorial, molecules, BenchModel.of(tutorial_model, "tutorial"), repeats=args.repeats,
+            memory=False, **common,
         )  # fmt: skip
         console.print(reports["molecules"].table())
         sizes = [Case("fcc", int(n), ("Cu",)) for n in args.sizes.split(",")]
         reports["scaling"] = run_bench(
-            tutorial[2:], sizes, tutorial_model, repeats=3, memory=True, source="tutorial",
-            **common,
+            tutorial[2:], sizes, BenchModel.of(tutorial_model, "tutorial"), repeats=3,
+            memory=True, **common,
         )  # fmt: skip
         console.print(reports["scaling"].table())
     console.print(summary(reports))

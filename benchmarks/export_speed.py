@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from allegro_deploy.bench import Case, Implementation, run_bench
+from allegro_deploy.bench import BenchModel, Case, Implementation, run_bench
 from allegro_deploy.exporters.onnx_export import export_model
 from allegro_deploy.models import AllegroModel, ModelConfig
 from allegro_deploy.models.checkpoint import save_checkpoint
@@ -70,8 +70,8 @@ def main() -> None:
     copper = Case("fcc", 864, ("Cu",))
     console = Console(width=140)
     bench = run_bench(
-        specs, [copper], model, repeats=args.repeats, memory=False, threads=args.threads,
-        source="tutorial",
+        specs, [copper], BenchModel.of(model, "tutorial"), repeats=args.repeats, memory=False,
+        threads=args.threads,
     )  # fmt: skip
     console.print(bench.table())
 

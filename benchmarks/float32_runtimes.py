@@ -34,7 +34,7 @@ from cpu_speed import COPPER, LARGE, TUTORIAL  # benchmarks/, the script's folde
 from rich.console import Console
 from rich.table import Table
 
-from allegro_deploy.bench import Implementation, fcc_cell, run_bench
+from allegro_deploy.bench import BenchModel, Implementation, fcc_cell, run_bench
 from allegro_deploy.exporters.onnx_export import export_model
 from allegro_deploy.models import AllegroModel
 from allegro_deploy.runtime import Potential
@@ -172,8 +172,8 @@ def main() -> None:
                     for name in ("ort-cpu", "openvino")
                 ]
                 report = run_bench(
-                    specs, [COPPER], model, repeats=args.repeats, memory=False,
-                    threads=args.threads, source=f"{name} {kind}",
+                    specs, [COPPER], BenchModel.of(model, f"{name} {kind}"), repeats=args.repeats,
+                    memory=False, threads=args.threads,
                 )  # fmt: skip
                 console.print(report.table())
                 speeds[f"{name} {kind}"] = report.to_json()

@@ -151,8 +151,12 @@ def metadata(
         inputs=inputs,
         outputs=outputs,
     )
+    per_edge, per_call = model.gemm_flops()
     return contract.to_props(
         model_config=json.dumps(c.to_dict()),
+        parameters=str(sum(p.numel() for p in model.parameters())),
+        gemm_flops_per_edge=str(per_edge),
+        gemm_flops_per_call=str(per_call),
         exporter="allegro-deploy",
         exporter_version=__version__,
         torch_version=torch.__version__,

@@ -153,6 +153,29 @@ class AllegroModel(torch.nn.Module):
     def species(self) -> tuple[str, ...]:
         return self.config.species
 
+    def gemm_flops(self) -> tuple[int, int]:
+        """Matrix-product FLOPs of one energy + forces evaluation, (per edge, per call): the
+        MLPs and tensor products, forward and input-gradient backward (no weight gradients),
+        as ``torch.utils.flop_counter`` counts them for those modules.
+
+        Per edge: every MLP layer (in, out) costs 2·in·out forward and 2·in·out backward;
+        every tensor product (U channels, I × J -> K) costs 2·U·I·J·K forward (the outer
+        product times the coupled CG tensor) and the same backward. Per call: every tensor
+        product couples its (U, P) path weights with the (P, I, J, K) CG tensor, 2·U·P·I·J·K.
+        Elementwise work (nonlinearities, outer products, gathers, scatters) and products
+        that only move data (by 0/1 matrices) are not counted.
+        """
+        mlp = sum(
+            w.shape[0] * w.shape[1]
+            for m in self.modules()
+            if isinstance(m, ScalarMLP)
+            for w in m.weights
+        )
+        tps = self.tensor_products
+        per_edge = 4 * mlp + 4 * sum(tp.channels * math.prod(tp.cg.shape[1:]) for tp in tps)
+        per_call = sum(2 * tp.channels * tp.cg.numel() for tp in tps)
+        return per_edge, per_call
+
     def atomic_energies(
         self,
         edge_vectors: torch.Tensor,

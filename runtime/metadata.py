@@ -6,10 +6,12 @@ description in the ONNX ``metadata_props``: ``format`` (``allegro-deploy-onnx``)
 ``format_version``, ``species``, ``atomic_numbers``, ``r_max``, ``pair_cutoffs``,
 ``energy_shifts``, ``dtype``, ``precision`` and ``precision_mode``, ``float64``,
 ``target``, ``inputs`` and ``outputs`` (JSON lists of tensor specs), and provenance keys
-the runtime does not read (``model_config``, ``exporter``, ``exporter_version``,
-``torch_version``, ``checkpoint_sha256``: of the source checkpoint, empty when exported
-from memory). :meth:`ModelMetadata.to_props` writes them, :meth:`ModelMetadata.from_props`
-reads and checks them.
+the runtime does not read (``model_config``, ``parameters``, ``gemm_flops_per_edge`` and
+``gemm_flops_per_call``: the matrix-product FLOPs of an energy + forces evaluation, for
+``bench``'s FLOP floor; ``exporter``, ``exporter_version``, ``torch_version``,
+``checkpoint_sha256``: of the source checkpoint, empty when exported from memory).
+:meth:`ModelMetadata.to_props` writes them, :meth:`ModelMetadata.from_props` reads and
+checks them.
 Files written before ``precision`` existed run at the full precision of their dtype;
 files written before ``float64`` existed (format version 1) hold float64 tensors.
 :func:`tensor_specs` is the one definition of each target's tensors, for the exporter

@@ -103,9 +103,9 @@ class Progress:
 def output_console() -> Any:
     """A rich console for results on stdout: on a terminal as wide as it; elsewhere
     (logs, pipes) wide enough that tables are written whole and long lines (commands,
-    paths) are not broken."""
+    paths) are not broken. Strings print as they are: no rich markup, so that brackets
+    in messages (``pip install 'allegro-deploy[openvino]'``) and paths stay."""
     from rich.console import Console
 
-    if sys.stdout.isatty():
-        return Console(soft_wrap=True)
-    return Console(width=200, soft_wrap=True)
+    width = None if sys.stdout.isatty() else 200
+    return Console(width=width, soft_wrap=True, markup=False)

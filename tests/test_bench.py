@@ -11,17 +11,19 @@ from pathlib import Path
 
 import ase.neighborlist
 import numpy as np
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from exported_models import small_model
+from exported_models import exported, small_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from allegro_deploy.bench import (
+    BenchModel,
     Case,
+    GemmFlops,
     Implementation,
     default_cases,
-    gemm_flops,
     run_bench,
     training_workload,
 )
@@ -78,8 +80,8 @@ def test_floor_uses_the_faster_gemm_rate_of_before_and_after_the_timings(
     rates = iter([1.0e9, 3.0e9])
     monkeypatch.setattr(bench_run, "gemm_rate", lambda threads: next(rates))
     specs = [Implementation("torch", str(checkpoint), 1)]
-    report = run_bench(specs, [Case("fcc", 4, ("Cu",))], small_model("float32"), repeats=1,
-                       memory=False, threads=1)  # fmt: skip
+    model = BenchModel.of(small_model("float32"))
+    report = run_bench(specs, [Case("fcc", 4, ("Cu",))], model, repeats=1, memory=False, threads=1)
     assert report.gemm_rate == 3.0e9 and next(rates, None) is None
 
 
@@ -95,8 +97,8 @@ def test_timing_starts_after_two_untimed_calls(
 
     monkeypatch.setattr(bench_run, "open_implementation", counting)
     specs = [Implementation("torch", str(checkpoint), 1)]
-    report = run_bench(specs, [Case("fcc", 4, ("Cu",))], small_model("float32"), repeats=1,
-                       memory=False, threads=1)  # fmt: skip
+    model = BenchModel.of(small_model("float32"))
+    report = run_bench(specs, [Case("fcc", 4, ("Cu",))], model, repeats=1, memory=False, threads=1)
     assert report.warmup == 2 and calls == ["torch"] * 3
 
 
@@ -153,7 +155,7 @@ def test_gemm_flops_equal_torch_flop_counter(dtype: str) -> None:
         x1 = torch.randn(n_edges, tp.channels, tp.irreps_in.dim, dtype=dtype_)
         env = torch.randn(n_edges, tp.channels, tp.irreps_env.dim, dtype=dtype_)
         expected += counted_flops(lambda x, e, tp=tp: tp(x, e, center), x1, env)
-    assert gemm_flops(model, n_edges) == expected
+    assert GemmFlops(*model.gemm_flops()).of(n_edges) == expected
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -187,7 +189,7 @@ def test_official_implementation_agrees_with_ours_on_the_same_weights(tmp_path: 
         Case("fcc", 4, ("C",)),
         *(Case("molecules", 2, ours.species, s) for s in (False, True)),
     ]
-    report = run_bench(specs, cases, ours, repeats=1, memory=False, threads=1)
+    report = run_bench(specs, cases, BenchModel.of(ours), repeats=1, memory=False, threads=1)
     assert report.baseline == "official"
     for row in report.rows:
         assert row.force_deviation < 1e-10, (row.implementation, row.case)
@@ -213,3 +215,36 @@ def test_default_workload_follows_the_training_data(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "workload: fcc cells of the training composition (Cu 75%, O 25%)" in result.output
     assert "20.7 neighbours within r_max = 4 Å" in result.output
+
+
+def test_an_export_carries_what_bench_counts_of_its_model(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """bench reads an .onnx file without torch: its FLOP count, parameters and configuration
+    are those of the torch model it was exported from."""
+    path = exported(tmp_path_factory, "float32")
+    from_file, from_model = BenchModel.read(path), BenchModel.of(small_model("float32"), path)
+    assert from_file.flops == from_model.flops and from_file.flops.per_edge > 0
+    assert from_file.parameters == from_model.parameters > 0
+    assert (from_file.species, from_file.r_max, from_file.dtype) == (("Cu", "O"), 4.0, "float32")
+    assert from_file.config == json.loads(json.dumps(from_model.config))
+
+
+def test_an_export_without_a_flop_count_is_timed_without_a_floor(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """A file exported before exports recorded FLOP counts: timed, and the floor is said to
+    be unknown instead of being computed from a wrong count."""
+    proto = onnx.load(exported(tmp_path_factory, "float32"))
+    kept = [p for p in proto.metadata_props if not p.key.startswith("gemm_flops")]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    path = tmp_path / "older.onnx"
+    onnx.save(proto, path)
+    args = ["bench", str(path), "--sizes", "32", "--molecules", "0", "--repeats", "1"]
+    args += ["--threads", "1", "--no-memory", "--implementations", "ort-cpu"]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "the file records no FLOP count (re-export it to get one)" in result.output
+    (row,) = json.loads((tmp_path / "out" / "bench.json").read_text())["rows"]
+    assert row["flops"] is None and row["floor_fraction"] is None and row["median_s"] > 0

@@ -328,6 +328,9 @@ def test_metadata_props_round_trip(exported) -> None:
     provenance = {k: v for k, v in meta.raw.items() if k not in meta.to_props()}
     assert set(provenance) == {
         "model_config",
+        "parameters",
+        "gemm_flops_per_edge",
+        "gemm_flops_per_call",
         "exporter",
         "exporter_version",
         "torch_version",

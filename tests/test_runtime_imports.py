@@ -133,6 +133,16 @@ def test_commands_on_an_onnx_file_run_without_torch_or_onnx(
         "check", str(path), "--data", str(data), "--md-steps", "2", "--out", str(tmp_path / "c")
     )
     assert check.returncode == 0 and (tmp_path / "c" / "report.json").exists(), check.stderr
+    bench = cli_without_torch_or_onnx(
+        "bench", str(path), "--sizes", "32", "--molecules", "2", "--repeats", "1",
+        "--threads", "1", "--no-memory", "--out", str(tmp_path / "b"),
+    )  # fmt: skip
+    assert bench.returncode == 0, bench.stderr
+    report = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert report["implementations"] == ["ort-cpu"]
+    assert all(row["floor_fraction"] > 0 for row in report["rows"])
+    assert "needs a checkpoint, not an .onnx export" in report["unavailable"]["torch"]
+    assert "pip install 'allegro-deploy[openvino]'" in bench.stdout  # printed as it is
 
 
 @pytest.mark.parametrize(
@@ -140,7 +150,7 @@ def test_commands_on_an_onnx_file_run_without_torch_or_onnx(
     [
         (["export", "model.safetensors", "-o", "x.onnx"], "export"),
         (["train", "train.yaml"], "train"),
-        (["bench", "model.onnx", "--no-memory"], "train"),
+        (["bench", "model.safetensors", "--no-memory"], "train"),
     ],  # fmt: skip
 )
 def test_commands_that_need_an_extra_name_it_in_one_line(tmp_path, args, extra) -> None:

@@ -15,19 +15,20 @@ list (vesin, the same for all implementations) and the energy, forces and virial
 (:data:`TIMED`). Workloads (:class:`Case`) are rattled fcc cells of a metal and batches of
 21-atom molecules, evaluated together in one call or one call per molecule. Each
 (implementation, workload) is warmed up, then the implementations take turns for each
-repeat and the median is reported, with the speed-up over the first (the baseline), the time per
-atom, atom-steps/s, the GEMM FLOPs of the evaluation (:func:`gemm_flops`) against the
-machine's float32 GEMM rate measured in the same run, before and after the timings, the
-faster kept (:func:`gemm_rate`), and the peak
+repeat and the median is reported, with the speed-up over the first (the baseline), the time
+per atom, atom-steps/s, the GEMM FLOPs of the evaluation (:class:`GemmFlops`: counted by the
+model and recorded in every export, so an ``.onnx`` file is benchmarked without torch)
+against the machine's float32 GEMM rate measured in the same run, before and after the
+timings, the faster kept (:func:`gemm_rate`), and the peak
 memory of one evaluation measured in a fresh process (:func:`peak_memory`).
 """
 
 from __future__ import annotations
 
-from .flops import gemm_flops, gemm_rate
+from .flops import GemmFlops, gemm_rate
 from .implementations import IMPLEMENTATIONS, LABELS, Implementation, implementations_here
 from .report import BenchReport, Row
-from .run import WARMUP, load_model, run_bench, training_workload
+from .run import WARMUP, BenchModel, run_bench, training_workload
 from .workloads import (
     BenchError,
     Case,
@@ -43,18 +44,18 @@ __all__ = [
     "LABELS",
     "WARMUP",
     "BenchError",
+    "BenchModel",
     "BenchReport",
     "Case",
+    "GemmFlops",
     "Implementation",
     "Row",
     "TrainingWorkload",
     "aspirin",
     "default_cases",
     "fcc_cell",
-    "gemm_flops",
     "gemm_rate",
     "implementations_here",
-    "load_model",
     "molecules",
     "run_bench",
     "training_workload",

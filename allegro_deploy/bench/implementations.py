@@ -28,6 +28,8 @@ LABELS = {
     "ort-cuda": "ONNX Runtime CUDA",
     "tensorrt": "TensorRT",
 }
+TORCH_IMPLEMENTATIONS = ("official", "torch")
+"""The implementations that run a checkpoint's torch model in this process (need torch)."""
 RUNTIME_BACKENDS = {
     "ort-cpu": "cpu",
     "openvino": "openvino",
@@ -165,17 +167,16 @@ def timed_call(evaluate: Evaluate, case: Case, structures: list[ase.Atoms]) -> C
 
 def implementations_here(
     path: str | Path,
-    model: AllegroModel,
     workdir: str | Path,
     threads: int | None = None,
     only: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[list[Implementation], dict[str, str]]:
-    """The implementations that can run ``path`` (a checkpoint or an ``.onnx`` export, whose torch
-    model is ``model``) here, in :data:`IMPLEMENTATIONS` order, and the reason for each that cannot.
+    """The implementations that can run ``path`` (a checkpoint or an ``.onnx`` export) here, in
+    :data:`IMPLEMENTATIONS` order, and the reason for each that cannot.
 
-    From a checkpoint the runtime implementations run an export of ``model`` (in its dtype) written
-    to ``workdir``. only: keep just these implementation names.
+    From a checkpoint the runtime implementations run an export of its model (in its dtype)
+    written to ``workdir``. only: keep just these implementation names.
     """
     path = Path(path)
     only = tuple(only or IMPLEMENTATIONS)
@@ -187,13 +188,14 @@ def implementations_here(
     unavailable: dict[str, str] = {}
     if path.suffix == ".onnx":
         onnx_path = path
-        for name in ("official", "torch"):
+        for name in TORCH_IMPLEMENTATIONS:
             if name in only:
                 unavailable[name] = "needs a checkpoint, not an .onnx export"
     else:
         from allegro_deploy.exporters.onnx_export import export_model
-        from allegro_deploy.models.checkpoint import file_sha256
+        from allegro_deploy.models.checkpoint import file_sha256, load_checkpoint
 
+        model = load_checkpoint(path).model
         if "official" in only:
             why = nequip_missing() or official_source(path)[1]
             if why:

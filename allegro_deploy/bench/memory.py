@@ -6,12 +6,8 @@ import dataclasses
 import json
 import subprocess
 import sys
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    pass
-
-from .implementations import Implementation, open_implementation, timed_call
+from .implementations import TORCH_IMPLEMENTATIONS, Implementation, open_implementation, timed_call
 from .workloads import Case
 
 MEMORY_HEADROOM = 0.8
@@ -55,7 +51,7 @@ def measure_peak_memory() -> None:
     request = json.load(sys.stdin)
     spec = Implementation(**request["spec"])
     case = Case(**{**request["case"], "species": tuple(request["case"]["species"])})
-    if spec.name in ("torch", "official") and spec.threads:
+    if spec.name in TORCH_IMPLEMENTATIONS and spec.threads:
         import torch
 
         torch.set_num_threads(spec.threads)

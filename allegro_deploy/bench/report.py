@@ -15,12 +15,12 @@ import numpy as np
 
 from allegro_deploy import __version__
 
+from .implementations import LABELS
+
 if TYPE_CHECKING:
-    import rich.console
     import rich.table
 
-
-from .implementations import LABELS
+    from .run import BenchModel
 
 TIMED = (
     "one call = input checks + neighbor list (vesin) + energy, forces and virial, from ase.Atoms"
@@ -29,7 +29,8 @@ TIMED = (
 
 @dataclass
 class Row:
-    """One (implementation, workload): times in s, memory in bytes, FLOPs per timed call."""
+    """One (implementation, workload): times in s, memory in bytes, GEMM FLOPs per timed call
+    (None when the model's count is unknown)."""
 
     implementation: str
     case: str
@@ -38,7 +39,7 @@ class Row:
     n_structures: int
     n_edges: int
     calls: int
-    flops: int
+    flops: int | None = None
     times: list[float] = field(default_factory=list)
     peak_memory: int | None = None
     force_deviation: float | None = None
@@ -60,7 +61,9 @@ class Row:
 
     def floor_fraction(self, flop_rate: float) -> float | None:
         """The FLOP floor (FLOPs at ``flop_rate``) as a fraction of the measured time."""
-        return None if self.median is None else self.flops / flop_rate / self.median
+        if self.median is None or self.flops is None:
+            return None
+        return self.flops / flop_rate / self.median
 
     @property
     def memory_per_atom(self) -> float | None:
@@ -71,7 +74,7 @@ class Row:
 class BenchReport:
     """Everything :func:`run_bench` measured; see :meth:`to_json` for the units."""
 
-    model: dict[str, Any]
+    model: BenchModel
     implementations: list[str]
     unavailable: dict[str, str]
     threads: int | None
@@ -102,7 +105,7 @@ class BenchReport:
             rows.append(entry)
         return {
             "allegro_deploy": __version__,
-            "model": self.model,
+            "model": dataclasses.asdict(self.model),
             "timed": TIMED,
             "machine": {
                 "platform": platform.platform(),
@@ -126,6 +129,12 @@ class BenchReport:
         from rich.table import Table
 
         threads = self.threads or "default"
+        floor = (
+            f"GEMM FLOPs at {self.gemm_rate / 1e9:.0f} GFLOP/s (float32 GEMM, the faster of "
+            "before and after the timings)"
+            if self.model.flops is not None
+            else "not known, the file records no FLOP count (re-export it to get one)"
+        )
         table = Table(
             box=box.SIMPLE_HEAD,
             caption_justify="left",
@@ -133,11 +142,9 @@ class BenchReport:
             f"{self.warmup} warm-up, {threads} threads",
             caption=f"{TIMED}. implementations: "
             + ", ".join(f"{name} = {LABELS[name]}" for name in self.implementations)
-            + f". speed-up: vs {self.baseline} in this run; % floor: "
-            f"GEMM FLOPs at {self.gemm_rate / 1e9:.0f} GFLOP/s (float32 GEMM, the faster of "
-            "before and after the timings); "
-            "memory: peak RSS of one call in a fresh process; dev.: max |ΔF| / max |F| "
-            "vs the baseline."
+            + f". speed-up: vs {self.baseline} in this run; % floor: {floor}; "
+            "memory: peak RSS of one call in a fresh process; "
+            "dev.: max |ΔF| / max |F| vs the baseline."
             + "".join(
                 f"\nskipped: {r.implementation} on {r.case}, {r.n_atoms} atoms: {r.skipped}"
                 for r in self.rows
@@ -168,7 +175,7 @@ class BenchReport:
                 f"{row.per_atom * 1e6:.2f}",
                 f"{row.atom_steps_per_second:,.0f}",
                 "" if row.speedup is None else f"{row.speedup:.2f}×",
-                f"{fraction * 100:.1f}",
+                "" if fraction is None else f"{fraction * 100:.1f}",
                 "" if row.peak_memory is None else f"{row.peak_memory / 1e6:.0f}",
                 "" if row.memory_per_atom is None else f"{row.memory_per_atom:.3g}",
                 "" if row.force_deviation is None else f"{row.force_deviation:.1e}",
@@ -206,7 +213,7 @@ class BenchReport:
             axis.set_ylabel(name)
             axis.grid(True, which="both", alpha=0.3)
             axis.legend()
-        figure.suptitle(f"{self.model.get('name', 'model')}: energy + forces per call")
+        figure.suptitle(f"{self.model.name or 'model'}: energy + forces per call")
         figure.tight_layout()
         figure.savefig(path, dpi=120)
         plt.close(figure)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +19,11 @@ if TYPE_CHECKING:
 
 from allegro_deploy.runtime.progress import Progress
 
-from .flops import count_edges, gemm_flops, gemm_rate
+from .flops import GemmFlops, count_edges, gemm_rate
 from .implementations import (
     LABELS,
     RUNTIME_BACKENDS,
+    TORCH_IMPLEMENTATIONS,
     Evaluate,
     Implementation,
     open_implementation,
@@ -37,36 +40,103 @@ the memory pattern the first recorded (each ~450k page faults, 1.7 s instead of 
 for the large benchmark model on 864 Cu; docs/design.md, *Two warm-up calls*)."""
 
 
-def describe_model(model: AllegroModel, source: str | Path) -> dict[str, Any]:
-    """The model fields a report records."""
-    c = model.config
-    return {
-        "name": Path(source).name,
-        "path": str(source),
-        "species": list(c.species),
-        "r_max": c.r_max,
-        "dtype": c.model_dtype,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "config": c.to_dict(),
-    }
+@dataclass(frozen=True)
+class BenchModel:
+    """What the benchmark needs of a model: read from an export without torch, or from a
+    torch model.
+
+    name, path: the file (or a label). species, r_max (Å), dtype: of the model.
+    parameters: trainable parameters. config: the model configuration
+    (``ModelConfig.to_dict``). flops: the GEMM FLOPs of its evaluations; None for an
+    export written before files recorded them (no FLOP floor is then reported).
+    """
+
+    name: str
+    path: str
+    species: tuple[str, ...]
+    r_max: float
+    dtype: str
+    parameters: int | None
+    config: dict[str, Any]
+    flops: GemmFlops | None
+
+    @classmethod
+    def of(cls, model: AllegroModel, source: str | Path = "") -> BenchModel:
+        """The torch ``model``, read from the file ``source`` (or labelled so)."""
+        c = model.config
+        return cls(
+            name=Path(source).name,
+            path=str(source),
+            species=tuple(c.species),
+            r_max=c.r_max,
+            dtype=c.model_dtype,
+            parameters=sum(p.numel() for p in model.parameters()),
+            config=c.to_dict(),
+            flops=GemmFlops(*model.gemm_flops()),
+        )
+
+    @classmethod
+    def read(cls, path: str | Path) -> BenchModel:
+        """The model of a checkpoint (``.safetensors``, needs torch) or of an exported
+        ``.onnx`` file (its metadata, no torch)."""
+        path = Path(path)
+        if path.suffix == ".safetensors":
+            from allegro_deploy.models.checkpoint import load_checkpoint
+
+            return cls.of(load_checkpoint(path).model, path)
+        if path.suffix != ".onnx":
+            raise BenchError(
+                f"{path} is neither a checkpoint (.safetensors) nor an exported model (.onnx)"
+            )
+        from allegro_deploy.runtime.metadata import read_metadata
+
+        meta = read_metadata(path)
+        raw = meta.raw
+        counted = all(f"gemm_flops_per_{n}" in raw for n in ("edge", "call"))
+        return cls(
+            name=path.name,
+            path=str(path),
+            species=meta.species,
+            r_max=meta.r_max,
+            dtype=meta.dtype,
+            parameters=int(raw["parameters"]) if "parameters" in raw else None,
+            config=json.loads(raw.get("model_config", "{}")),
+            flops=GemmFlops(int(raw["gemm_flops_per_edge"]), int(raw["gemm_flops_per_call"]))
+            if counted
+            else None,
+        )
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``threads`` inside (None: left alone, torch not imported)."""
+    if not threads:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def run_bench(
     specs: Sequence[Implementation],
     cases: Sequence[Case],
-    model: AllegroModel,
+    model: BenchModel,
     *,
     repeats: int = 5,
     warmup: int = WARMUP,
     memory: bool = True,
     threads: int | None = None,
     unavailable: dict[str, str] | None = None,
-    source: str | Path = "",
 ) -> BenchReport:
     """Time every implementation of ``specs`` on every workload of ``cases``.
 
-    model: the torch model the implementations run (its edges and FLOPs are counted; weights do
-        not matter).
+    model: the model the implementations run (its edges and FLOPs are counted).
     repeats, warmup: timed and untimed calls per (implementation, workload); ``warmup`` >= 1,
         the first call's forces are compared with the baseline's (the first spec).
     memory: measure the peak memory of each (implementation, workload) in a fresh process first;
@@ -77,16 +147,12 @@ def run_bench(
     threads: CPU threads of every implementation and of the GEMM rate measurement.
     unavailable: implementations that cannot run here, with the reason (only reported).
     """
-    import torch
-
     if repeats < 1 or warmup < 1:
         raise BenchError(f"repeats and warmup must be >= 1, got {repeats} and {warmup}")
     if not specs:
         raise BenchError("no implementation can run this model here")
-    previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    torch_specs = any(spec.name in TORCH_IMPLEMENTATIONS for spec in specs)
+    with _torch_threads(threads if torch_specs else None):
         cases = sorted(cases, key=lambda case: (case.kind != "fcc", case.size, case.separate))
         structures = {case: case.structures() for case in cases}
         rows = {
@@ -96,15 +162,15 @@ def run_bench(
                 kind=case.kind,
                 n_atoms=sum(len(a) for a in structures[case]),
                 n_structures=len(structures[case]),
-                n_edges=count_edges(structures[case], model.config.r_max),
+                n_edges=count_edges(structures[case], model.r_max),
                 calls=len(structures[case]) if case.separate else 1,
-                flops=0,
             )
             for case in cases
             for spec in specs
         }
-        for row in rows.values():
-            row.flops = gemm_flops(model, row.n_edges, row.calls)
+        if model.flops is not None:
+            for row in rows.values():
+                row.flops = model.flops.of(row.n_edges, row.calls)
         steps = len(rows) * (warmup + repeats + memory)
         with Progress("GEMM rate", steps + 2, "steps") as progress:
             rate = gemm_rate(threads)
@@ -119,10 +185,8 @@ def run_bench(
             # the faster of before and after the timings: a busy moment lowers one of them
             rate = max(rate, gemm_rate(threads))
             progress.advance()
-    finally:
-        torch.set_num_threads(previous_threads)
     return BenchReport(
-        model=describe_model(model, source),
+        model=model,
         implementations=[spec.name for spec in specs],
         unavailable=dict(unavailable or {}),
         threads=threads,
@@ -222,24 +286,6 @@ def _time_case(
             rows[name, case].speedup = base / rows[name, case].median
 
 
-def load_model(path: str | Path) -> AllegroModel:
-    """The torch model of a checkpoint (``.safetensors``), or one built from the config in
-    an exported ``.onnx`` file's metadata (random weights: for counting edges and FLOPs)."""
-    from allegro_deploy.models import AllegroModel, ModelConfig
-
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from allegro_deploy.models.checkpoint import load_checkpoint
-
-        return load_checkpoint(path).model
-    if path.suffix == ".onnx":
-        from allegro_deploy.runtime.metadata import read_metadata
-
-        config = json.loads(read_metadata(path).raw["model_config"])
-        return AllegroModel(ModelConfig.from_dict(config)).eval()
-    raise BenchError(f"{path} is neither a checkpoint (.safetensors) nor an exported model (.onnx)")
-
-
 def training_workload(path: str | Path) -> TrainingWorkload | None:
     """What the model at ``path`` was trained on: from a checkpoint's statistics (species
     counts, mean neighbours), from an export's model configuration (its mean neighbours,
@@ -252,11 +298,9 @@ def training_workload(path: str | Path) -> TrainingWorkload | None:
         counts = statistics.get("species_counts") or {}
         neighbours, r_max = statistics.get("avg_num_neighbors"), statistics.get("r_max")
     else:
-        from allegro_deploy.runtime.metadata import read_metadata
-
-        config = json.loads(read_metadata(path).raw["model_config"])
-        counts = dict.fromkeys(config["species"], 1)
-        neighbours, r_max = config.get("avg_num_neighbors"), config["r_max"]
+        model = BenchModel.read(path)
+        counts = dict.fromkeys(model.species, 1)
+        neighbours, r_max = model.config.get("avg_num_neighbors"), model.r_max
         if isinstance(neighbours, dict):
             neighbours = sum(neighbours.values()) / len(neighbours)
     if not counts or not neighbours or not r_max or neighbours <= 1.0:

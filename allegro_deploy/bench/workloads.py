@@ -5,16 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import ase
 import ase.build
 import numpy as np
 from ase.data import atomic_numbers, covalent_radii, reference_states
-
-if TYPE_CHECKING:
-    pass
-
 
 MOLECULE_ATOMS = 21
 RATTLE = 0.05

@@ -13,7 +13,10 @@ execution provider and TensorRT-RTX's plugin execution provider. For each path t
   on rattled fcc Cu of each size, and 64 aspirins in one call against 64 calls;
 - atom-steps/s of 200 velocity-Verlet steps of 864-atom Cu;
 - the GPU memory in use after the largest call (``nvidia-smi``);
-- the same cells through the torch model on the same GPU (ms per call, peak memory).
+- the same cells through the torch model on the same GPU, and through the official
+  nequip-allegro model when it is installed (agreement, ms per call, peak memory); the
+  model's weights are then the official model's (built by nequip from its config,
+  seed 0), so that every path runs the same weights.
 
 Paths that cannot run are listed with the reason; without a GPU the run takes seconds and
 reports every GPU path as skipped. Prints a table and writes ``gpu_check.json`` to
@@ -38,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from allegro_deploy.bench import fcc_cell, molecules
+from allegro_deploy.bench.implementations import nequip_missing
 from allegro_deploy.runtime.backends import BackendError
 from allegro_deploy.runtime.metadata import PRECISIONS as FILE_PRECISIONS
 
@@ -48,6 +52,7 @@ PATHS = {
     "tensorrt": "ONNX Runtime TensorRT",
     "tensorrt-rtx": "ONNX Runtime TensorRT-RTX",
     "torch": "torch CUDA",
+    "official": "nequip-allegro CUDA",
 }
 REPEATS, WARMUP, MD_STEPS = 5, 2, 200
 
@@ -95,6 +100,7 @@ def unavailable() -> dict[str, str]:
         why["torch"] = "" if torch.cuda.is_available() else "torch finds no CUDA device"
     except ImportError:
         why["torch"] = "torch not installed"
+    why["official"] = nequip_missing() or why["torch"]
     return why
 
 
@@ -148,23 +154,35 @@ def check_runtime(path: Path, backend: str, reference: Any, sizes: list[int]) ->
     return row
 
 
-def check_torch(model: Any, sizes: list[int]) -> dict[str, Any]:
-    """ms per call of the torch model on the GPU (float32, energy + forces + virial)."""
+def check_torch(
+    forces: Callable[[Any], Any],
+    species: tuple[int, ...],
+    r_max: float,
+    reference: Any,
+    sizes: list[int],
+    device: str = "cuda",
+) -> dict[str, Any]:
+    """Agreement and ms per call of a torch model on ``device``: ``forces`` maps an
+    :class:`~allegro_deploy.models.AtomicGraph` of atomic numbers ``species`` within
+    ``r_max`` (Å) on ``device`` to its forces (energy, forces and virial are computed)."""
     import torch
 
     from allegro_deploy.models import AtomicGraph
 
-    model = model.to("cuda")
-    row: dict[str, Any] = {"ms_per_call": {}}
+    def call(atoms: Any) -> np.ndarray:
+        graph = AtomicGraph.from_atoms([atoms], species, r_max).to(device)
+        return forces(graph).detach().cpu().double().numpy()
+
+    row: dict[str, Any] = {
+        "force_error": relative(call(fcc_cell(864, "Cu")), reference.forces),
+        "ms_per_call": {},
+    }
     for size in sizes:
         cell = fcc_cell(size, "Cu")
-
-        def call(c=cell) -> None:
-            graph = AtomicGraph.from_atoms([c], model.config.atomic_numbers, model.config.r_max)
-            model(graph.to("cuda"))["forces"].cpu()
-
-        row["ms_per_call"][str(len(cell))] = median_seconds(call) * 1e3
-    row["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated()
+        row["ms_per_call"][str(len(cell))] = median_seconds(lambda c=cell: call(c)) * 1e3
+    if device == "cuda":
+        row["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
     return row
 
 
@@ -192,19 +210,34 @@ def main() -> None:
     print(f"wrote {args.out / 'gpu_check.json'} in {report['seconds']:.0f} s")
 
 
-def run_paths(report: dict[str, Any], why: dict[str, str], sizes: list[int]) -> None:
-    """Export the test model and run every path that can run here into ``report``."""
+def run_paths(
+    report: dict[str, Any], why: dict[str, str], sizes: list[int], device: str = "cuda"
+) -> None:
+    """Export the test model and run every path that can run here into ``report``; the
+    torch paths run on ``device`` (the tests run them on the CPU)."""
     import dataclasses
 
     import torch
-    from cpu_speed import TUTORIAL  # benchmarks/, the script's folder, is on sys.path
+    from cpu_speed import TUTORIAL, official_config  # benchmarks/, the script's folder
 
     from allegro_deploy.exporters.onnx_export import export_model
     from allegro_deploy.models import AllegroModel
     from allegro_deploy.runtime import Potential
 
-    torch.manual_seed(0)
-    model = AllegroModel(dataclasses.replace(TUTORIAL, model_dtype="float32")).eval()
+    config = dataclasses.replace(TUTORIAL, model_dtype="float32")
+    official = None
+    if why["official"]:
+        torch.manual_seed(0)
+        model = AllegroModel(config).eval()
+        report["weights"] = "torch.manual_seed(0)"
+    else:
+        from allegro_deploy.models.official import model_from_official
+        from allegro_deploy.models.official_reference import load_official, official_outputs
+
+        settings = official_config(config)
+        official = load_official(settings)
+        model = model_from_official(settings, official.state_dict())
+        report["weights"] = "the official model's, built by nequip with seed 0"
     with tempfile.TemporaryDirectory(prefix="allegro-gpu-check-") as folder:
         reference_file = Path(folder) / "fp64.onnx"
         export_model(model, reference_file, dtype="float64", log=lambda _: None)
@@ -223,8 +256,18 @@ def run_paths(report: dict[str, Any], why: dict[str, str], sizes: list[int]) -> 
                 except BackendError as error:
                     report["skipped"][label] = str(error)
                 print(f"{label}: {report['results'].get(label) or report['skipped'][label]}")
-        if not why["torch"]:
-            report["results"]["torch CUDA float32"] = check_torch(model, sizes)
+    numbers, r_max = model.config.atomic_numbers, model.config.r_max
+    if not why["torch"]:
+        model = model.to(device)
+        report["results"][f"{PATHS['torch']} float32"] = check_torch(
+            lambda g: model(g)["forces"], numbers, r_max, reference, sizes, device
+        )
+    if official is not None:
+        official = official.to(device)
+        report["results"][f"{PATHS['official']} float32"] = check_torch(
+            lambda g: official_outputs(official, g)["forces"], numbers, r_max, reference, sizes,
+            device,
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

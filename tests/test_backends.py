@@ -188,9 +188,30 @@ def test_gpu_check_reports_every_gpu_path_skipped_without_a_gpu(tmp_path: Path) 
         "ONNX Runtime TensorRT",
         "ONNX Runtime TensorRT-RTX",
         "torch CUDA",
+        "nequip-allegro CUDA",
     }
     assert "needs onnxruntime-gpu" in report["skipped"]["ONNX Runtime TensorRT"]
     assert report["results"] == {} and "skipped (" in result.stdout
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_gpu_check_runs_our_torch_model_and_the_official_one_on_the_same_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The torch half of gpu_check, on the CPU: the official model (built by nequip) and ours
+    (converted from it) agree with the float64 export of ours, so every path runs the same
+    weights."""
+    pytest.importorskip("allegro")
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import gpu_check
+
+    report: dict = {"results": {}, "skipped": {}}
+    why = {"cuda": "no", "tensorrt": "no", "tensorrt-rtx": "no", "torch": "", "official": ""}
+    gpu_check.run_paths(report, why, [32], device="cpu")
+    assert report["weights"] == "the official model's, built by nequip with seed 0"
+    assert set(report["results"]) == {"torch CUDA float32", "nequip-allegro CUDA float32"}
+    for row in report["results"].values():
+        assert row["force_error"] < 1e-5 and row["ms_per_call"]["32"] > 0
 
 
 def test_compile_refuses_a_file_tensorrt_would_not_parse(tmp_path_factory, tmp_path) -> None:

@@ -154,7 +154,7 @@ def metadata(
     per_edge, per_call = model.gemm_flops()
     return contract.to_props(
         model_config=json.dumps(c.to_dict()),
-        parameters=str(sum(p.numel() for p in model.parameters())),
+        parameters=str(model.parameter_count),
         gemm_flops_per_edge=str(per_edge),
         gemm_flops_per_call=str(per_call),
         exporter="allegro-deploy",

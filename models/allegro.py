@@ -153,6 +153,11 @@ class AllegroModel(torch.nn.Module):
     def species(self) -> tuple[str, ...]:
         return self.config.species
 
+    @property
+    def parameter_count(self) -> int:
+        """Trainable parameters (weights of every MLP, embedding and tensor product)."""
+        return sum(p.numel() for p in self.parameters())
+
     def gemm_flops(self) -> tuple[int, int]:
         """Matrix-product FLOPs of one energy + forces evaluation, (per edge, per call): the
         MLPs and tensor products, forward and input-gradient backward (no weight gradients),

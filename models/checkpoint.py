@@ -171,7 +171,6 @@ def describe(path: str | Path) -> str:
     path = Path(path)
     checkpoint = load_checkpoint(path)
     c = checkpoint.config
-    n_parameters = sum(p.numel() for p in checkpoint.model.parameters())
     lines = [
         f"allegro-deploy checkpoint {path} (format {checkpoint.format_version}, "
         f"{path.stat().st_size / 1e6:.2f} MB)",
@@ -184,7 +183,7 @@ def describe(path: str | Path) -> str:
         f"normalization: avg_num_neighbors {_format(c.avg_num_neighbors)}, "
         f"energy scales {_format(c.per_type_energy_scales)} eV, "
         f"energy shifts {_format(c.per_type_energy_shifts)} eV",
-        f"parameters: {n_parameters:,}",
+        f"parameters: {checkpoint.model.parameter_count:,}",
         "training state: "
         + (
             f"present (epoch {checkpoint.training_state.get('epoch')}), resumable"

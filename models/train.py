@@ -503,7 +503,7 @@ class _Run:
         self.console.print(
             f"training on {self.data.provenance['n_train']} structures, validating on "
             f"{self.data.provenance['n_val']} ({self.device}); "
-            f"{sum(p.numel() for p in self.model.parameters()):,} parameters; "
+            f"{self.model.parameter_count:,} parameters; "
             f"output in {self.directory}"
         )
         warning = shift_warning(self.statistics, self.data.train.source)

@@ -70,7 +70,7 @@ class BenchModel:
             species=tuple(c.species),
             r_max=c.r_max,
             dtype=c.model_dtype,
-            parameters=sum(p.numel() for p in model.parameters()),
+            parameters=model.parameter_count,
             config=c.to_dict(),
             flops=GemmFlops(*model.gemm_flops()),
         )

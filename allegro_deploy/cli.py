@@ -757,13 +757,12 @@ def bench(
         default_cases,
         implementations_here,
         run_bench,
-        training_workload,
     )
     from allegro_deploy.runtime.progress import output_console
 
     console = output_console()
     bench_model = BenchModel.read(model)
-    training = None if element else training_workload(model)
+    training = None if element else bench_model.training
     cases = default_cases(bench_model.species, sizes, molecules, element, training)
     if training is not None:
         console.print(f"workload: {training.describe()} (--element X for pure X instead)")

@@ -25,7 +25,6 @@ from allegro_deploy.bench import (
     Implementation,
     default_cases,
     run_bench,
-    training_workload,
 )
 from allegro_deploy.bench import run as bench_run
 from allegro_deploy.bench.implementations import open_implementation
@@ -201,7 +200,7 @@ def test_default_workload_follows_the_training_data(tmp_path: Path) -> None:
     path = tmp_path / "trained.safetensors"
     statistics = {"species_counts": {"Cu": 30, "O": 10}, "avg_num_neighbors": 20.7, "r_max": 4.0}
     save_checkpoint(path, small_model("float32"), statistics=statistics)
-    training = training_workload(path)
+    training = BenchModel.read(path).training
     assert training.fractions == {"Cu": 0.75, "O": 0.25} and training.neighbours == 20.7
     (case,) = default_cases(("Cu", "O"), [500], 0, training=training)
     (atoms,) = case.structures()

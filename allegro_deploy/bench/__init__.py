@@ -28,7 +28,7 @@ from __future__ import annotations
 from .flops import GemmFlops, gemm_rate
 from .implementations import IMPLEMENTATIONS, LABELS, Implementation, implementations_here
 from .report import BenchReport, Row
-from .run import WARMUP, BenchModel, run_bench, training_workload
+from .run import WARMUP, BenchModel, run_bench
 from .workloads import (
     BenchError,
     Case,
@@ -58,5 +58,4 @@ __all__ = [
     "implementations_here",
     "molecules",
     "run_bench",
-    "training_workload",
 ]

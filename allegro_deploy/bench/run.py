@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +49,9 @@ class BenchModel:
     parameters: trainable parameters. config: the model configuration
     (``ModelConfig.to_dict``). flops: the GEMM FLOPs of its evaluations; None for an
     export written before files recorded them (no FLOP floor is then reported).
+    training: what it was trained on, from a checkpoint's statistics (species counts, mean
+    neighbours) or an export's configuration (its mean neighbours, species in equal
+    shares); None when neither says.
     """
 
     name: str
@@ -59,11 +62,19 @@ class BenchModel:
     parameters: int | None
     config: dict[str, Any]
     flops: GemmFlops | None
+    training: TrainingWorkload | None = None
 
     @classmethod
-    def of(cls, model: AllegroModel, source: str | Path = "") -> BenchModel:
-        """The torch ``model``, read from the file ``source`` (or labelled so)."""
+    def of(
+        cls,
+        model: AllegroModel,
+        source: str | Path = "",
+        statistics: Mapping[str, Any] | None = None,
+    ) -> BenchModel:
+        """The torch ``model``, read from the file ``source`` (or labelled so), with the
+        training ``statistics`` of its checkpoint."""
         c = model.config
+        statistics = statistics or {}
         return cls(
             name=Path(source).name,
             path=str(source),
@@ -73,6 +84,11 @@ class BenchModel:
             parameters=model.parameter_count,
             config=c.to_dict(),
             flops=GemmFlops(*model.gemm_flops()),
+            training=_training_workload(
+                statistics.get("species_counts") or {},
+                statistics.get("avg_num_neighbors"),
+                statistics.get("r_max"),
+            ),
         )
 
     @classmethod
@@ -83,7 +99,8 @@ class BenchModel:
         if path.suffix == ".safetensors":
             from allegro_deploy.models.checkpoint import load_checkpoint
 
-            return cls.of(load_checkpoint(path).model, path)
+            checkpoint = load_checkpoint(path)
+            return cls.of(checkpoint.model, path, checkpoint.statistics)
         if path.suffix != ".onnx":
             raise BenchError(
                 f"{path} is neither a checkpoint (.safetensors) nor an exported model (.onnx)"
@@ -93,6 +110,10 @@ class BenchModel:
         meta = read_metadata(path)
         raw = meta.raw
         counted = all(f"gemm_flops_per_{n}" in raw for n in ("edge", "call"))
+        config = json.loads(raw.get("model_config", "{}"))
+        neighbours = config.get("avg_num_neighbors")
+        if isinstance(neighbours, dict):
+            neighbours = sum(neighbours.values()) / len(neighbours)
         return cls(
             name=path.name,
             path=str(path),
@@ -100,11 +121,25 @@ class BenchModel:
             r_max=meta.r_max,
             dtype=meta.dtype,
             parameters=int(raw["parameters"]) if "parameters" in raw else None,
-            config=json.loads(raw.get("model_config", "{}")),
+            config=config,
             flops=GemmFlops(int(raw["gemm_flops_per_edge"]), int(raw["gemm_flops_per_call"]))
             if counted
             else None,
+            training=_training_workload(dict.fromkeys(meta.species, 1), neighbours, meta.r_max),
         )
+
+
+def _training_workload(
+    counts: Mapping[str, int], neighbours: float | None, r_max: float | None
+) -> TrainingWorkload | None:
+    """The training workload of species ``counts`` at ``neighbours`` mean neighbours within
+    ``r_max`` Å; None when they say nothing."""
+    if not counts or not neighbours or not r_max or neighbours <= 1.0:
+        return None  # an untrained model's placeholder (1.0) says nothing
+    total = sum(counts.values())
+    return TrainingWorkload(
+        {s: n / total for s, n in counts.items()}, float(neighbours), float(r_max)
+    )
 
 
 @contextlib.contextmanager
@@ -284,28 +319,3 @@ def _time_case(
     for name in calls:
         if base is not None:
             rows[name, case].speedup = base / rows[name, case].median
-
-
-def training_workload(path: str | Path) -> TrainingWorkload | None:
-    """What the model at ``path`` was trained on: from a checkpoint's statistics (species
-    counts, mean neighbours), from an export's model configuration (its mean neighbours,
-    species in equal shares); None when neither says."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from allegro_deploy.models.checkpoint import load_checkpoint
-
-        statistics = load_checkpoint(path).statistics
-        counts = statistics.get("species_counts") or {}
-        neighbours, r_max = statistics.get("avg_num_neighbors"), statistics.get("r_max")
-    else:
-        model = BenchModel.read(path)
-        counts = dict.fromkeys(model.species, 1)
-        neighbours, r_max = model.config.get("avg_num_neighbors"), model.r_max
-        if isinstance(neighbours, dict):
-            neighbours = sum(neighbours.values()) / len(neighbours)
-    if not counts or not neighbours or not r_max or neighbours <= 1.0:
-        return None  # an untrained model's placeholder (1.0) says nothing
-    total = sum(counts.values())
-    return TrainingWorkload(
-        {s: n / total for s, n in counts.items()}, float(neighbours), float(r_max)
-    )

@@ -156,21 +156,21 @@ def check_runtime(path: Path, backend: str, reference: Any, sizes: list[int]) ->
 
 def check_torch(
     forces: Callable[[Any], Any],
-    species: tuple[int, ...],
+    atomic_numbers: tuple[int, ...],
     r_max: float,
     reference: Any,
     sizes: list[int],
     device: str = "cuda",
 ) -> dict[str, Any]:
     """Agreement and ms per call of a torch model on ``device``: ``forces`` maps an
-    :class:`~allegro_deploy.models.AtomicGraph` of atomic numbers ``species`` within
+    :class:`~allegro_deploy.models.AtomicGraph` of ``atomic_numbers`` (model order) within
     ``r_max`` (Å) on ``device`` to its forces (energy, forces and virial are computed)."""
     import torch
 
     from allegro_deploy.models import AtomicGraph
 
     def call(atoms: Any) -> np.ndarray:
-        graph = AtomicGraph.from_atoms([atoms], species, r_max).to(device)
+        graph = AtomicGraph.from_atoms([atoms], atomic_numbers, r_max).to(device)
         return forces(graph).detach().cpu().double().numpy()
 
     row: dict[str, Any] = {
